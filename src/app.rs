@@ -1,0 +1,183 @@
+//! Composition root: the only place that names every concrete type. It picks a backend
+//! per device from the config, wires the channels, and registers the services with the
+//! supervisor in dependency order (storage before the core, the core before the API).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::bus::{self, Bus};
+use crate::config::{CameraBackend, Config};
+use crate::core::Core;
+use crate::cycle::Inspector;
+use crate::north::api::{self, ApiState};
+use crate::south::camera::{self, CameraHandle, sim::SimCamera};
+use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
+use crate::{core_task, inference, storage};
+
+/// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
+pub struct RunningApp {
+    pub api_addr: SocketAddr,
+    pub readiness: Readiness,
+    pub bus: Bus,
+    /// Number of REST requests being served.
+    pub in_flight: watch::Receiver<usize>,
+    supervisor: Supervisor,
+    shutdown_deadline: Duration,
+}
+
+/// Starts every service. Returns once the listeners are bound; readiness follows when
+/// storage is open, the model is loaded and the cameras are open (`wait_ready`).
+pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
+    let mut supervisor = Supervisor::new();
+    let (bus, core_ends) = bus::channels();
+
+    let storage = storage::spawn(&mut supervisor, config.state_dir.clone());
+    let inference = inference::spawn(&mut supervisor, config.inference.model_dir.clone(), config.inference.threads);
+
+    let mut cameras: BTreeMap<String, CameraHandle> = BTreeMap::new();
+    for (id, camera) in &config.cameras {
+        let handle = match &camera.backend {
+            CameraBackend::Sim { folder } => {
+                let (id, folder) = (id.clone(), folder.clone());
+                camera::spawn(&mut supervisor, id.clone(), move || SimCamera::open(&id, &folder))
+            }
+            #[cfg(feature = "camera-v4l2")]
+            CameraBackend::V4l2 { device, width, height, fps, format } => {
+                let settings = camera::v4l2::Settings {
+                    device: device.clone(),
+                    width: *width,
+                    height: *height,
+                    fps: *fps,
+                    format: *format,
+                };
+                let id2 = id.clone();
+                camera::spawn(&mut supervisor, id.clone(), move || camera::v4l2::V4l2Camera::open(&id2, settings))
+            }
+            #[cfg(not(feature = "camera-v4l2"))]
+            CameraBackend::V4l2 { .. } => anyhow::bail!(
+                "camera {id} uses backend \"v4l2\", but this build has no V4L2 support (build with --features camera-v4l2)"
+            ),
+        };
+        cameras.insert(id.clone(), handle);
+    }
+
+    let station_ids: Vec<String> = config.stations.keys().cloned().collect();
+    let core = Core::new(station_ids.clone());
+    let (heartbeat_tx, heartbeat_rx) = watch::channel(Utc::now());
+    {
+        let storage = storage.clone();
+        supervisor.spawn("core", Phase::Core, move |ctx| {
+            core_task::run(core, station_ids, storage, core_ends, heartbeat_tx, ctx)
+        });
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        supervisor.spawn("watchdog", Phase::Intake, move |ctx| watchdog(interval, heartbeat_rx, ctx.token.clone()));
+    }
+
+    let inspector = Inspector::new(
+        inference,
+        storage,
+        bus.events.clone(),
+        config.stations.clone(),
+        cameras,
+        config.inference.thresholds.clone(),
+    );
+    let listener =
+        api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
+    let api_addr = listener.local_addr()?;
+    let (in_flight_tx, in_flight_rx) = watch::channel(0usize);
+    let state = ApiState {
+        inspector,
+        readiness: supervisor.readiness(),
+        snapshots: bus.snapshots.clone(),
+        max_upload_bytes: config.api.max_upload_bytes,
+        in_flight: Arc::new(in_flight_tx),
+    };
+    supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
+
+    Ok(RunningApp {
+        api_addr,
+        readiness: supervisor.readiness(),
+        bus,
+        in_flight: in_flight_rx,
+        supervisor,
+        shutdown_deadline: config.shutdown_deadline,
+    })
+}
+
+impl RunningApp {
+    /// Resolves when every service is ready, or fails when one failed first.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let failed = self.supervisor.failed();
+        tokio::select! {
+            () = self.readiness.wait_all_ready() => Ok(()),
+            () = failed.cancelled() => anyhow::bail!("a service failed during start-up (see the log)"),
+        }
+    }
+
+    /// Phased shutdown within the configured deadline. Returns false if a phase overran.
+    pub async fn shutdown(self) -> bool {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.supervisor.shutdown(self.shutdown_deadline).await
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves (SIGTERM/SIGINT in `main`) or a service fails.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let app = start(config).await?;
+    let failed = app.supervisor.failed();
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        ready = app.wait_ready() => ready,
+        () = &mut shutdown => Ok(()),
+    };
+    if outcome.is_ok() && !failed.is_cancelled() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(api = %app.api_addr, "stationd ready");
+        tokio::select! {
+            () = &mut shutdown => tracing::info!("shutdown requested"),
+            () = failed.cancelled() => {}
+        }
+    }
+    let clean = app.shutdown().await;
+    if failed.is_cancelled() {
+        anyhow::bail!("a service failed; stopped (see the log above)");
+    }
+    outcome?;
+    if !clean {
+        anyhow::bail!("shutdown overran its deadline");
+    }
+    Ok(())
+}
+
+/// Pings systemd's watchdog at half its interval while the core's heartbeat is fresh; a
+/// wedged core stops the pings and systemd restarts the daemon.
+async fn watchdog(
+    interval: Duration,
+    heartbeat: watch::Receiver<chrono::DateTime<Utc>>,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut ticker = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = token.cancelled() => return Ok(()),
+        }
+        let age = Utc::now() - *heartbeat.borrow();
+        if age.to_std().unwrap_or_default() < interval / 2 {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(
+                heartbeat_age_ms = age.num_milliseconds(),
+                "core heartbeat stale; withholding watchdog ping"
+            );
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Configuration: one TOML file → `RawConfig` (mirrors the file, serde, unknown keys
+//! rejected) → `Config` (validated, resolved types).
+//!
+//! This module owns the file format and its validation. It does not open devices, load
+//! models or touch the state directory: `Config::from_toml_str` is pure so that tests and
+//! `stationd check-config` share it. Filesystem checks that a technician wants before a
+//! start (model files present, sim image folder not empty) live in [`Config::check_files`].
+//!
+//! Every error names the key path (`cameras.cam0.folder`), because a typo in a station
+//! config must fail loudly at start, not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration the daemon runs on when `stationd run` gets no `--config`: a laptop
+/// setup with the simulated camera, the bundled model and state under `./var`.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../etc/stationd.dev.toml");
+
+/// Validated configuration, immutable for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root of everything the daemon writes: the SQLite database and the image store.
+    pub state_dir: PathBuf,
+    pub shutdown_deadline: Duration,
+    pub log_filter: String,
+    pub api: ApiConfig,
+    pub inference: InferenceConfig,
+    /// Keyed by camera id.
+    pub cameras: BTreeMap<String, CameraConfig>,
+    /// Keyed by station id.
+    pub stations: BTreeMap<String, StationConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+    pub max_upload_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// `models/<name>/` holding `model.onnx` and `model.toml`.
+    pub model_dir: PathBuf,
+    pub threads: usize,
+    pub thresholds: ThresholdOverrides,
+}
+
+/// Decision thresholds from the config; each one that is set replaces the model's own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThresholdOverrides {
+    pub pass_threshold: Option<f32>,
+    pub fail_threshold: Option<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CameraConfig {
+    pub backend: CameraBackend,
+}
+
+#[derive(Debug, Clone)]
+pub enum CameraBackend {
+    /// Replays the images of a folder in name order, cycling.
+    Sim { folder: PathBuf },
+    /// A V4L2 device through nokhwa (cargo feature `camera-v4l2`).
+    V4l2 { device: CameraDevice, width: u32, height: u32, fps: u32, format: PixelFormat },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraDevice {
+    Index(u32),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    Mjpeg,
+    Yuyv,
+}
+
+#[derive(Debug, Clone)]
+pub struct StationConfig {
+    /// Camera used by `POST /inspect/camera` for this station, if any.
+    pub camera: Option<String>,
+}
+
+/// A configuration problem, with the key path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", syntax_message(.key, .line, .message))]
+    Syntax { key: Option<String>, line: Option<usize>, message: String },
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn syntax_message(key: &Option<String>, line: &Option<usize>, message: &str) -> String {
+    let mut out = String::new();
+    if let Some(key) = key {
+        out.push_str(&format!("`{key}`: "));
+    }
+    out.push_str(message.trim_end());
+    if let Some(line) = line {
+        out.push_str(&format!(" (line {line})"));
+    }
+    out
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid { key: key.into(), message: message.to_string() }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text. Relative paths stay relative to
+    /// the working directory, which under systemd is `/`; the reference config therefore
+    /// uses absolute paths.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw = RawConfig::parse(text)?;
+        raw.validate()
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml_str(&text)
+    }
+
+    pub fn embedded_defaults() -> Config {
+        Config::from_toml_str(EMBEDDED_DEFAULTS).expect("the embedded default config is valid")
+    }
+
+    /// Checks that the files the config points at exist, for `check-config` and for start-up.
+    /// This does not load the model into tract (start-up does, and reports a corrupt file).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for file in ["model.onnx", "model.toml"] {
+            let path = self.inference.model_dir.join(file);
+            if !path.is_file() {
+                return Err(ConfigError::invalid("inference.model_dir", format!("{} does not exist", path.display())));
+            }
+        }
+        for (id, camera) in &self.cameras {
+            if let CameraBackend::Sim { folder } = &camera.backend
+                && !folder.is_dir()
+            {
+                return Err(ConfigError::invalid(
+                    format!("cameras.{id}.folder"),
+                    format!("{} is not a directory", folder.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The file as written. Field names are the TOML keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    state_dir: PathBuf,
+    #[serde(default = "default_shutdown_deadline_ms")]
+    shutdown_deadline_ms: u64,
+    #[serde(default)]
+    log: RawLog,
+    api: RawApi,
+    inference: RawInference,
+    #[serde(default)]
+    cameras: BTreeMap<String, RawCamera>,
+    #[serde(default)]
+    stations: BTreeMap<String, RawStation>,
+}
+
+fn default_shutdown_deadline_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_filter")]
+    filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> RawLog {
+        RawLog { filter: default_log_filter() }
+    }
+}
+
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    bind: String,
+    #[serde(default = "default_max_upload_mb")]
+    max_upload_mb: u32,
+}
+
+fn default_max_upload_mb() -> u32 {
+    20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInference {
+    model_dir: PathBuf,
+    #[serde(default = "default_threads")]
+    threads: usize,
+    pass_threshold: Option<f32>,
+    fail_threshold: Option<f32>,
+}
+
+fn default_threads() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCamera {
+    backend: String,
+    folder: Option<PathBuf>,
+    device: Option<toml::Value>,
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: Option<u32>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStation {
+    camera: Option<String>,
+}
+
+impl RawConfig {
+    pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|err| syntax_error(text, None, &err))?;
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let key = (key != ".").then_some(key);
+            syntax_error(text, key, err.inner())
+        })
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        if self.shutdown_deadline_ms < 1_000 || self.shutdown_deadline_ms > 120_000 {
+            return Err(ConfigError::invalid(
+                "shutdown_deadline_ms",
+                "must be between 1000 and 120000 (and below the unit's TimeoutStopSec)",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|err| ConfigError::invalid("log.filter", err))?;
+
+        let bind: SocketAddr = self
+            .api
+            .bind
+            .parse()
+            .map_err(|_| ConfigError::invalid("api.bind", format!("{:?} is not an address:port", self.api.bind)))?;
+        if !(1..=512).contains(&self.api.max_upload_mb) {
+            return Err(ConfigError::invalid("api.max_upload_mb", "must be between 1 and 512"));
+        }
+
+        let inference = &self.inference;
+        if !(1..=64).contains(&inference.threads) {
+            return Err(ConfigError::invalid("inference.threads", "must be between 1 and 64"));
+        }
+        for (key, value) in [("pass_threshold", inference.pass_threshold), ("fail_threshold", inference.fail_threshold)]
+        {
+            if let Some(value) = value
+                && !(0.0..=1.0).contains(&value)
+            {
+                return Err(ConfigError::invalid(format!("inference.{key}"), "must be within 0..=1"));
+            }
+        }
+        if let (Some(pass), Some(fail)) = (inference.pass_threshold, inference.fail_threshold)
+            && fail >= pass
+        {
+            return Err(ConfigError::invalid(
+                "inference.fail_threshold",
+                format!("must be below inference.pass_threshold ({pass})"),
+            ));
+        }
+
+        let mut cameras = BTreeMap::new();
+        for (id, raw) in self.cameras {
+            check_id(&format!("cameras.{id}"), &id)?;
+            let backend = raw.validate(&id)?;
+            cameras.insert(id, CameraConfig { backend });
+        }
+
+        if self.stations.is_empty() {
+            return Err(ConfigError::invalid("stations", "at least one station must be configured"));
+        }
+        let mut stations = BTreeMap::new();
+        for (id, raw) in self.stations {
+            check_id(&format!("stations.{id}"), &id)?;
+            if let Some(camera) = &raw.camera
+                && !cameras.contains_key(camera)
+            {
+                return Err(ConfigError::invalid(
+                    format!("stations.{id}.camera"),
+                    format!("no camera {camera:?} under [cameras]"),
+                ));
+            }
+            stations.insert(id, StationConfig { camera: raw.camera });
+        }
+
+        Ok(Config {
+            state_dir: self.state_dir,
+            shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
+            log_filter: self.log.filter,
+            api: ApiConfig { bind, max_upload_bytes: self.api.max_upload_mb as usize * 1024 * 1024 },
+            inference: InferenceConfig {
+                model_dir: self.inference.model_dir,
+                threads: self.inference.threads,
+                thresholds: ThresholdOverrides {
+                    pass_threshold: self.inference.pass_threshold,
+                    fail_threshold: self.inference.fail_threshold,
+                },
+            },
+            cameras,
+            stations,
+        })
+    }
+}
+
+impl RawCamera {
+    fn validate(self, id: &str) -> Result<CameraBackend, ConfigError> {
+        let key = |field: &str| format!("cameras.{id}.{field}");
+        match self.backend.as_str() {
+            "sim" => {
+                for (field, set) in [
+                    ("device", self.device.is_some()),
+                    ("width", self.width.is_some()),
+                    ("height", self.height.is_some()),
+                    ("fps", self.fps.is_some()),
+                    ("format", self.format.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::invalid(key(field), "is not used by backend \"sim\""));
+                    }
+                }
+                let folder = self
+                    .folder
+                    .ok_or_else(|| ConfigError::invalid(key("folder"), "is required for backend \"sim\""))?;
+                Ok(CameraBackend::Sim { folder })
+            }
+            "v4l2" => {
+                if self.folder.is_some() {
+                    return Err(ConfigError::invalid(key("folder"), "is not used by backend \"v4l2\""));
+                }
+                let device = match self.device {
+                    None => CameraDevice::Index(0),
+                    Some(toml::Value::Integer(index)) => CameraDevice::Index(
+                        u32::try_from(index).map_err(|_| ConfigError::invalid(key("device"), "index must be >= 0"))?,
+                    ),
+                    Some(toml::Value::String(name)) => CameraDevice::Name(name),
+                    Some(_) => {
+                        return Err(ConfigError::invalid(
+                            key("device"),
+                            "must be an index (0) or a device name (\"HD USB Camera\")",
+                        ));
+                    }
+                };
+                let format = match self.format.as_deref().unwrap_or("mjpeg") {
+                    "mjpeg" => PixelFormat::Mjpeg,
+                    "yuyv" => PixelFormat::Yuyv,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            key("format"),
+                            format!("{other:?} is not one of \"mjpeg\", \"yuyv\""),
+                        ));
+                    }
+                };
+                let (width, height, fps) =
+                    (self.width.unwrap_or(1280), self.height.unwrap_or(720), self.fps.unwrap_or(30));
+                if width == 0 || height == 0 || fps == 0 {
+                    return Err(ConfigError::invalid(key("width"), "width, height and fps must be > 0"));
+                }
+                Ok(CameraBackend::V4l2 { device, width, height, fps, format })
+            }
+            other => Err(ConfigError::invalid(key("backend"), format!("{other:?} is not one of \"sim\", \"v4l2\""))),
+        }
+    }
+}
+
+/// Ids end up in URLs, file names, and later OPC-UA NodeIds and MQTT topics.
+fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(ConfigError::invalid(key, "ids use 1 to 64 characters from [A-Za-z0-9_-]")) }
+}
+
+fn syntax_error(text: &str, key: Option<String>, err: &toml::de::Error) -> ConfigError {
+    let line = err.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Syntax { key, line, message: err.message().to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE: &str = include_str!("../etc/stationd.toml");
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    fn with_line(base: &str, find: &str, replace: &str) -> String {
+        assert!(base.contains(find), "{find:?} is not in the config");
+        base.replacen(find, replace, 1)
+    }
+
+    #[test]
+    fn reference_config_parses_and_validates() {
+        let config = Config::from_toml_str(REFERENCE).unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/stationd"));
+        assert!(config.stations.contains_key("default"));
+    }
+
+    #[test]
+    fn embedded_defaults_run_on_a_laptop() {
+        let config = Config::embedded_defaults();
+        assert_eq!(config.state_dir, PathBuf::from("./var"));
+        assert!(matches!(config.cameras["cam0"].backend, CameraBackend::Sim { .. }));
+        assert!(config.api.bind.ip().is_loopback());
+        // The working tree is the crate root under `cargo test`, as under `cargo run`.
+        config.check_files().unwrap();
+    }
+
+    /// Every key RawConfig knows is documented in the reference file (rust-analyzer's
+    /// generated-docs test, by hand): a key added to the code must be added there too.
+    #[test]
+    fn reference_config_documents_every_key() {
+        let keys = [
+            "state_dir",
+            "shutdown_deadline_ms",
+            "[log]",
+            "filter",
+            "[api]",
+            "bind",
+            "max_upload_mb",
+            "[inference]",
+            "model_dir",
+            "threads",
+            "pass_threshold",
+            "fail_threshold",
+            "[cameras.",
+            "backend",
+            "folder",
+            "device",
+            "width",
+            "height",
+            "fps",
+            "format",
+            "[stations.",
+            "camera",
+        ];
+        for key in keys {
+            let documented = REFERENCE.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(key)
+            });
+            assert!(documented, "{key} is missing from etc/stationd.toml");
+        }
+        // And the list above is complete: count the serde fields of the raw structs.
+        let source = include_str!("config.rs");
+        let raw_fields = source
+            .split("struct Raw")
+            .skip(1)
+            .map(|s| s.split('}').next().unwrap())
+            .flat_map(|body| body.lines())
+            .filter(|line| line.trim_end().ends_with(',') && line.contains(':'))
+            .count();
+        assert_eq!(raw_fields, keys.len(), "update the key list of this test");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let text = with_line(REFERENCE, "max_upload_mb = 20", "max_upload_mb = 20\nmax_uplaod_mb = 3");
+        expect_test::expect![
+            "`api.max_uplaod_mb`: unknown field `max_uplaod_mb`, expected `bind` or `max_upload_mb` (line 24)"
+        ]
+        .assert_eq(&error_of(&text));
+        let text = with_line(REFERENCE, "[stations.default]", "[stations.default]\ncamra = \"cam0\"");
+        assert!(error_of(&text).starts_with("`stations.default.camra`: unknown field"), "{}", error_of(&text));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("bind = \"127.0.0.1:8080\"", "bind = \"localhost\"", "`api.bind`: \"localhost\" is not an address:port"),
+            ("threads = 1", "threads = 0", "`inference.threads`: must be between 1 and 64"),
+            (
+                "backend = \"sim\"",
+                "backend = \"usb\"",
+                "`cameras.cam0.backend`: \"usb\" is not one of \"sim\", \"v4l2\"",
+            ),
+            ("camera = \"cam0\"", "camera = \"cam9\"", "`stations.default.camera`: no camera \"cam9\" under [cameras]"),
+            (
+                "shutdown_deadline_ms = 10000",
+                "shutdown_deadline_ms = \"10s\"",
+                "`shutdown_deadline_ms`: invalid type: string \"10s\", expected u64 (line 12)",
+            ),
+            (
+                "# pass_threshold = 0.80",
+                "pass_threshold = 0.3\nfail_threshold = 0.5",
+                "`inference.fail_threshold`: must be below inference.pass_threshold (0.3)",
+            ),
+        ];
+        for (find, replace, expected) in cases {
+            assert_eq!(error_of(&with_line(REFERENCE, find, replace)), expected);
+        }
+    }
+
+    #[test]
+    fn sim_camera_rejects_v4l2_keys() {
+        let text = with_line(REFERENCE, "backend = \"sim\"", "backend = \"sim\"\nwidth = 640");
+        assert_eq!(error_of(&text), "`cameras.cam0.width`: is not used by backend \"sim\"");
+    }
+
+    #[test]
+    fn v4l2_camera_resolves_defaults() {
+        let text = REFERENCE.replace(
+            "backend = \"sim\"\nfolder = \"/usr/share/stationd/examples/parts\"",
+            "backend = \"v4l2\"\ndevice = \"HD USB Camera\"\nformat = \"yuyv\"",
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        let CameraBackend::V4l2 { device, width, height, fps, format } = &config.cameras["cam0"].backend else {
+            panic!("expected v4l2")
+        };
+        assert_eq!(device, &CameraDevice::Name("HD USB Camera".into()));
+        assert_eq!((*width, *height, *fps, *format), (1280, 720, 30, PixelFormat::Yuyv));
+    }
+
+    #[test]
+    fn toml_syntax_errors_give_a_line() {
+        let err = error_of("state_dir = \"/x\"\n[api\nbind = 1");
+        assert!(err.contains("(line 2)"), "{err}");
+    }
+}

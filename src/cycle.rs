@@ -1,0 +1,185 @@
+//! The inspection cycle: image in → inference → decision (core) → committed record →
+//! `Event::InspectionRecorded` to the core. Every trigger source (REST upload, REST
+//! camera, and later GPIO, Modbus, OPC-UA) runs a cycle through [`Inspector::inspect`].
+//!
+//! Ordering invariant: the caller gets its answer, and the core hears of the inspection,
+//! only after the record (and its image) is committed. Acknowledging upstream on that
+//! answer is therefore safe.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::bus::{Event, InspectionSummary};
+use crate::config::{StationConfig, ThresholdOverrides};
+use crate::core::decision::{self, ModelOutput};
+use crate::inference::{ImageInput, InferenceError, InferenceHandle};
+use crate::south::camera::{CameraError, CameraHandle};
+use crate::storage::{InspectionRecord, NewImage, NewInspection, Source, Storage, StorageError};
+
+/// An image format the station accepts, with how it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFormat {
+    pub extension: &'static str,
+    pub content_type: &'static str,
+}
+
+pub const JPEG: ImageFormat = ImageFormat { extension: "jpg", content_type: "image/jpeg" };
+
+pub enum CycleImage {
+    Upload { bytes: bytes::Bytes, format: ImageFormat },
+    Camera,
+}
+
+pub struct InspectRequest {
+    pub station_id: String,
+    pub part_id: Option<String>,
+    pub image: CycleImage,
+    /// When the trigger arrived; the cycle time is measured from here.
+    pub triggered_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("unknown station {0:?}")]
+    UnknownStation(String),
+    #[error("station {0:?} has no camera configured")]
+    NoCamera(String),
+    #[error(transparent)]
+    Camera(#[from] CameraError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error("the record could not be stored: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the camera frame could not be encoded: {0}")]
+    Encode(String),
+}
+
+/// Cheap to clone: handles to the services a cycle uses.
+#[derive(Clone)]
+pub struct Inspector {
+    pub inference: InferenceHandle,
+    pub storage: Storage,
+    events: mpsc::Sender<Event>,
+    stations: Arc<BTreeMap<String, StationConfig>>,
+    cameras: Arc<BTreeMap<String, CameraHandle>>,
+    overrides: ThresholdOverrides,
+}
+
+impl Inspector {
+    pub fn new(
+        inference: InferenceHandle,
+        storage: Storage,
+        events: mpsc::Sender<Event>,
+        stations: BTreeMap<String, StationConfig>,
+        cameras: BTreeMap<String, CameraHandle>,
+        overrides: ThresholdOverrides,
+    ) -> Inspector {
+        Inspector { inference, storage, events, stations: Arc::new(stations), cameras: Arc::new(cameras), overrides }
+    }
+
+    pub fn station_ids(&self) -> impl Iterator<Item = &String> {
+        self.stations.keys()
+    }
+
+    pub fn has_station(&self, station_id: &str) -> bool {
+        self.stations.contains_key(station_id)
+    }
+
+    pub fn cameras(&self) -> &BTreeMap<String, CameraHandle> {
+        &self.cameras
+    }
+
+    pub async fn inspect(&self, request: InspectRequest) -> Result<InspectionRecord, CycleError> {
+        let station = self
+            .stations
+            .get(&request.station_id)
+            .ok_or_else(|| CycleError::UnknownStation(request.station_id.clone()))?;
+        let (input, stored_image, source) = match request.image {
+            CycleImage::Upload { bytes, format } => (
+                ImageInput::Encoded(bytes.clone()),
+                NewImage { bytes, extension: format.extension, content_type: format.content_type },
+                Source::Upload,
+            ),
+            CycleImage::Camera => {
+                let camera_id =
+                    station.camera.as_ref().ok_or_else(|| CycleError::NoCamera(request.station_id.clone()))?;
+                let camera =
+                    self.cameras.get(camera_id).ok_or_else(|| CycleError::NoCamera(request.station_id.clone()))?;
+                let frame = camera.capture().await?;
+                let image = frame.image.clone();
+                let jpeg = tokio::task::spawn_blocking(move || encode_jpeg(&image))
+                    .await
+                    .map_err(|err| CycleError::Encode(err.to_string()))??;
+                (
+                    ImageInput::Decoded(frame.image),
+                    NewImage { bytes: jpeg, extension: JPEG.extension, content_type: JPEG.content_type },
+                    Source::Camera,
+                )
+            }
+        };
+
+        let inferred = self.inference.infer(input).await?;
+        let model = self.inference.model().ok_or(CycleError::Inference(InferenceError::NotReady))?;
+        let rule = model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))?;
+        let verdict = decision::decide(&rule, &inferred.output);
+        let scores = match &inferred.output {
+            ModelOutput::Classification { probabilities } => {
+                model.spec.labels.iter().cloned().zip(probabilities.iter().copied()).collect()
+            }
+            ModelOutput::Anomaly { score } => vec![("anomaly_score".to_owned(), *score)],
+            ModelOutput::Detection { .. } => Vec::new(),
+        };
+        let new = NewInspection {
+            id: Uuid::new_v4(),
+            station_id: request.station_id,
+            part_id: request.part_id,
+            source,
+            decision: verdict.decision,
+            confidence: verdict.confidence,
+            label: verdict.label,
+            scores,
+            defects: verdict.defects,
+            model_name: model.spec.name.clone(),
+            model_version: model.spec.version.clone(),
+            inference_ms: inferred.inference_ms,
+            total_ms: request.triggered_at.elapsed().as_secs_f64() * 1000.0,
+            image: Some(stored_image),
+            image_width: inferred.width,
+            image_height: inferred.height,
+            inspected_at: Utc::now(),
+        };
+        let record = self.storage.call(move |db| db.insert_inspection(new)).await?;
+
+        let summary = InspectionSummary {
+            id: record.id,
+            seq: record.seq,
+            station_id: record.station_id.clone(),
+            part_id: record.part_id.clone(),
+            decision: record.decision,
+            confidence: record.confidence,
+            label: record.label.clone(),
+            objects_found: record.defects.len() as u32,
+            cycle_time_ms: record.total_ms,
+            inference_ms: record.inference_ms,
+            inspected_at: record.inspected_at,
+        };
+        // The record is committed; if the core is already gone (shutdown), the counters
+        // are rebuilt from storage at the next start.
+        let _ = self.events.send(Event::InspectionRecorded(summary)).await;
+        tracing::debug!(id = %record.id, station = record.station_id, decision = record.decision.as_str(), "inspection stored");
+        Ok(record)
+    }
+}
+
+fn encode_jpeg(image: &image::RgbImage) -> Result<bytes::Bytes, CycleError> {
+    let mut out = Vec::with_capacity(image.as_raw().len() / 8);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(image)
+        .map_err(|err| CycleError::Encode(err.to_string()))?;
+    Ok(out.into())
+}

@@ -1,0 +1,241 @@
+//! `model.toml`: what a model folder says about its model (task, input, labels,
+//! thresholds, version, measured metrics), parsed strictly like the main config.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::ThresholdOverrides;
+use crate::core::decision::DecisionRule;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Classification,
+    Detection,
+    Anomaly,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Classification => "classification",
+            Task::Detection => "detection",
+            Task::Anomaly => "anomaly",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Probabilities,
+    Logits,
+    /// A single anomaly score.
+    Score,
+}
+
+/// A validated model.toml.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    pub task: Task,
+    pub description: String,
+    pub width: u32,
+    pub height: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub output_kind: OutputKind,
+    pub labels: Vec<String>,
+    pub pass_labels: Vec<String>,
+    pub pass_threshold: f32,
+    pub fail_threshold: f32,
+    /// Held-out accuracy as measured by the training script, if reported.
+    pub heldout_accuracy: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("model.toml: {0}")]
+pub struct SpecError(pub String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    version: String,
+    task: String,
+    #[serde(default)]
+    description: String,
+    input: RawInput,
+    output: RawOutput,
+    thresholds: RawThresholds,
+    #[serde(default)]
+    metrics: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    width: u32,
+    height: u32,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    kind: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    pass_labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThresholds {
+    pass_threshold: f32,
+    fail_threshold: f32,
+}
+
+impl ModelSpec {
+    pub fn load(dir: &Path) -> Result<ModelSpec, SpecError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| SpecError(format!("cannot read {}: {err}", path.display())))?;
+        ModelSpec::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<ModelSpec, SpecError> {
+        let de = toml::Deserializer::parse(text).map_err(|err| SpecError(err.message().to_owned()))?;
+        let raw: RawSpec = serde_path_to_error::deserialize(de)
+            .map_err(|err| SpecError(format!("`{}`: {}", err.path(), err.inner().message())))?;
+        let task = match raw.task.as_str() {
+            "classification" => Task::Classification,
+            "anomaly" => Task::Anomaly,
+            // Detection output decoding (YOLO heads + NMS) is not built yet; refuse the
+            // model at load rather than judge parts with it wrongly.
+            "detection" => return Err(SpecError("`task`: detection models are not supported yet".into())),
+            other => return Err(SpecError(format!("`task`: unknown task {other:?}"))),
+        };
+        let output_kind = match (task, raw.output.kind.as_str()) {
+            (Task::Classification, "probabilities") => OutputKind::Probabilities,
+            (Task::Classification, "logits") => OutputKind::Logits,
+            (Task::Anomaly, "score") => OutputKind::Score,
+            (_, other) => {
+                return Err(SpecError(format!("`output.kind`: {other:?} does not fit task {}", task.as_str())));
+            }
+        };
+        let input = &raw.input;
+        if !(8..=4096).contains(&input.width) || !(8..=4096).contains(&input.height) {
+            return Err(SpecError("`input`: width and height must be within 8..=4096".into()));
+        }
+        if input.std.iter().any(|s| !s.is_normal() || *s <= 0.0) {
+            return Err(SpecError("`input.std`: every value must be > 0".into()));
+        }
+        if task == Task::Classification {
+            if raw.output.labels.len() < 2 {
+                return Err(SpecError("`output.labels`: a classifier needs at least two labels".into()));
+            }
+            if raw.output.pass_labels.is_empty()
+                || raw.output.pass_labels.iter().any(|l| !raw.output.labels.contains(l))
+            {
+                return Err(SpecError("`output.pass_labels`: must name one or more of `output.labels`".into()));
+            }
+        }
+        let heldout_accuracy =
+            raw.metrics.as_ref().and_then(|m| m.get("heldout_accuracy")).and_then(toml::Value::as_float);
+        let spec = ModelSpec {
+            name: raw.name,
+            version: raw.version,
+            task,
+            description: raw.description,
+            width: input.width,
+            height: input.height,
+            mean: input.mean,
+            std: input.std,
+            output_kind,
+            labels: raw.output.labels,
+            pass_labels: raw.output.pass_labels,
+            pass_threshold: raw.thresholds.pass_threshold,
+            fail_threshold: raw.thresholds.fail_threshold,
+            heldout_accuracy,
+        };
+        spec.rule(&ThresholdOverrides::default())?;
+        Ok(spec)
+    }
+
+    /// The decision rule for this model, with the config's threshold overrides applied.
+    pub fn rule(&self, overrides: &ThresholdOverrides) -> Result<DecisionRule, SpecError> {
+        let pass_threshold = overrides.pass_threshold.unwrap_or(self.pass_threshold);
+        let fail_threshold = overrides.fail_threshold.unwrap_or(self.fail_threshold);
+        match self.task {
+            Task::Classification => {
+                if !(0.0..=1.0).contains(&pass_threshold)
+                    || !(0.0..=1.0).contains(&fail_threshold)
+                    || fail_threshold >= pass_threshold
+                {
+                    return Err(SpecError(format!(
+                        "thresholds: need 0 <= fail_threshold ({fail_threshold}) < pass_threshold ({pass_threshold}) <= 1"
+                    )));
+                }
+                Ok(DecisionRule::Classification {
+                    labels: self.labels.clone(),
+                    pass_labels: self.pass_labels.clone(),
+                    pass_threshold,
+                    fail_threshold,
+                })
+            }
+            Task::Anomaly => {
+                if pass_threshold >= fail_threshold {
+                    return Err(SpecError(format!(
+                        "thresholds: anomaly scores need pass_threshold ({pass_threshold}) < fail_threshold ({fail_threshold})"
+                    )));
+                }
+                Ok(DecisionRule::Anomaly { pass_threshold, fail_threshold })
+            }
+            Task::Detection => Err(SpecError("detection models are not supported yet".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUNDLED: &str = include_str!("../../models/parts-classifier/model.toml");
+
+    #[test]
+    fn bundled_spec_parses() {
+        let spec = ModelSpec::parse(BUNDLED).unwrap();
+        assert_eq!(spec.labels, ["ok", "scratch", "dent"]);
+        assert_eq!((spec.width, spec.height), (64, 64));
+        assert!(spec.heldout_accuracy.unwrap() >= 0.95);
+    }
+
+    #[test]
+    fn config_overrides_replace_model_thresholds() {
+        let spec = ModelSpec::parse(BUNDLED).unwrap();
+        let overrides = ThresholdOverrides { pass_threshold: Some(0.9), fail_threshold: None };
+        let DecisionRule::Classification { pass_threshold, fail_threshold, .. } = spec.rule(&overrides).unwrap() else {
+            panic!("classification rule expected")
+        };
+        assert_eq!((pass_threshold, fail_threshold), (0.9, 0.2));
+        let bad = ThresholdOverrides { pass_threshold: Some(0.1), fail_threshold: None };
+        assert!(spec.rule(&bad).is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_the_key() {
+        let cases = [
+            (BUNDLED.replace("task = \"classification\"", "task = \"segmentation\""), "`task`: unknown task"),
+            (BUNDLED.replace("pass_labels = [\"ok\"]", "pass_labels = [\"good\"]"), "`output.pass_labels`"),
+            (BUNDLED.replace("width = 64", "width = 64\nwidht = 3"), "`input.widht`"),
+            (BUNDLED.replace("kind = \"probabilities\"", "kind = \"score\""), "`output.kind`"),
+        ];
+        for (text, expected) in cases {
+            let err = ModelSpec::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        }
+    }
+}

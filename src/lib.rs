@@ -1,0 +1,29 @@
+//! stationd: the daemon of a factory edge station (inspection or assembly workstation).
+//!
+//! # Layout
+//!
+//! Read in this order:
+//! - [`config`]: TOML → validated `Config`; the embedded defaults.
+//! - [`core`]: the pure domain (decisions, counters, rolling pass rate); no I/O.
+//! - [`bus`]: `Event`, `Effect`, `Notification`, `Snapshot` and their channels.
+//! - [`cycle`]: one inspection: image → inference → decision → committed record.
+//! - [`inference`]: tract models on dedicated threads.
+//! - [`storage`]: SQLite and the image store on one thread; the only SQL.
+//! - [`south`]: device adapters (cameras).
+//! - [`north`]: plant-facing interfaces (REST API).
+//! - [`supervisor`]: named services, readiness, phased shutdown.
+//! - [`app`]: the composition root that wires all of the above.
+//! - [`telemetry`]: logging to journald or stderr.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod core;
+pub mod core_task;
+pub mod cycle;
+pub mod inference;
+pub mod north;
+pub mod south;
+pub mod storage;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,207 @@
+//! JSON shapes of the REST API, following the inspection seed where it has one. The only
+//! `Serialize` types of the API; built from domain values, never the other way round.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::bus::StationSnapshot;
+use crate::storage::{InspectionRecord, Statistics, TrendBucket, TrendInterval};
+
+#[derive(Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct Ready {
+    pub status: &'static str,
+    pub services: BTreeMap<String, bool>,
+}
+
+#[derive(Serialize)]
+pub struct DetectionDto {
+    pub class_name: String,
+    pub confidence: f32,
+    pub bbox: [f32; 4],
+    /// Needs a mm-per-pixel scale in the config; null until one is set.
+    pub area_mm2: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Serialize)]
+pub struct InspectionDto {
+    pub id: String,
+    pub seq: i64,
+    pub station_id: String,
+    pub part_id: Option<String>,
+    pub decision: &'static str,
+    pub confidence: f32,
+    /// Top class of a classifier, or the strongest defect class.
+    pub label: Option<String>,
+    /// Per-label scores of a classifier.
+    pub scores: BTreeMap<String, f32>,
+    pub objects_found: usize,
+    pub total_time_ms: f64,
+    pub inference_time_ms: f64,
+    pub detections: Vec<DetectionDto>,
+    pub image_url: Option<String>,
+    pub source: String,
+    pub model: ModelRef,
+    pub timestamp: String,
+}
+
+impl From<&InspectionRecord> for InspectionDto {
+    fn from(r: &InspectionRecord) -> InspectionDto {
+        InspectionDto {
+            id: r.id.to_string(),
+            seq: r.seq,
+            station_id: r.station_id.clone(),
+            part_id: r.part_id.clone(),
+            decision: r.decision.as_str(),
+            confidence: r.confidence,
+            label: r.label.clone(),
+            scores: r.scores.iter().cloned().collect(),
+            objects_found: r.defects.len(),
+            total_time_ms: round2(r.total_ms),
+            inference_time_ms: round2(r.inference_ms),
+            detections: r
+                .defects
+                .iter()
+                .map(|d| DetectionDto {
+                    class_name: d.class_name.clone(),
+                    confidence: d.confidence,
+                    bbox: d.bbox,
+                    area_mm2: None,
+                })
+                .collect(),
+            image_url: r.image.as_ref().map(|_| format!("/api/v1/inspections/{}/image", r.id)),
+            source: r.source.clone(),
+            model: ModelRef { name: r.model_name.clone(), version: r.model_version.clone() },
+            timestamp: rfc3339(r.inspected_at),
+        }
+    }
+}
+
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}
+
+#[derive(Serialize)]
+pub struct InspectionList {
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+    pub inspections: Vec<InspectionDto>,
+}
+
+#[derive(Serialize)]
+pub struct StatisticsDto {
+    pub total_inspections: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub uncertain: u64,
+    /// Fraction 0..=1 (the seed's shape); null when there were no inspections.
+    pub pass_rate: Option<f64>,
+    pub avg_inspection_time_ms: Option<f64>,
+    pub defect_breakdown: BTreeMap<String, u64>,
+    pub hours: u32,
+    pub station_id: Option<String>,
+}
+
+impl StatisticsDto {
+    pub fn new(stats: Statistics, hours: u32, station_id: Option<String>) -> StatisticsDto {
+        StatisticsDto {
+            total_inspections: stats.total,
+            passed: stats.passed,
+            failed: stats.failed,
+            uncertain: stats.uncertain,
+            pass_rate: (stats.total > 0)
+                .then(|| (stats.passed as f64 / stats.total as f64 * 10_000.0).round() / 10_000.0),
+            avg_inspection_time_ms: stats.avg_total_ms.map(round2),
+            defect_breakdown: stats.defect_breakdown,
+            hours,
+            station_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TrendsDto {
+    pub labels: Vec<String>,
+    pub total: Vec<u64>,
+    pub passed: Vec<u64>,
+    pub failed: Vec<u64>,
+    pub interval: &'static str,
+}
+
+impl TrendsDto {
+    pub fn new(buckets: Vec<TrendBucket>, interval: TrendInterval) -> TrendsDto {
+        TrendsDto {
+            labels: buckets.iter().map(|b| b.start.format("%Y-%m-%d %H:%M:%S").to_string()).collect(),
+            total: buckets.iter().map(|b| b.total).collect(),
+            passed: buckets.iter().map(|b| b.passed).collect(),
+            failed: buckets.iter().map(|b| b.failed).collect(),
+            interval: match interval {
+                TrendInterval::Hour => "hour",
+                TrendInterval::Day => "day",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StationDto {
+    pub station_id: String,
+    pub pass_count: u64,
+    pub fail_count: u64,
+    pub uncertain_count: u64,
+    /// Percentage 0..=100 over the last hour.
+    pub pass_rate_1h: Option<f64>,
+    pub last_inspection: Option<LastInspectionDto>,
+}
+
+#[derive(Serialize)]
+pub struct LastInspectionDto {
+    pub id: String,
+    pub seq: i64,
+    pub decision: &'static str,
+    pub confidence: f32,
+    pub cycle_time_ms: f64,
+    pub timestamp: String,
+}
+
+impl StationDto {
+    pub fn new(station_id: &str, s: &StationSnapshot) -> StationDto {
+        StationDto {
+            station_id: station_id.to_owned(),
+            pass_count: s.pass_count,
+            fail_count: s.fail_count,
+            uncertain_count: s.uncertain_count,
+            pass_rate_1h: s.pass_rate_1h.map(|r| (r * 100.0).round() / 100.0),
+            last_inspection: s.last.as_ref().map(|l| LastInspectionDto {
+                id: l.id.to_string(),
+                seq: l.seq,
+                decision: l.decision.as_str(),
+                confidence: l.confidence,
+                cycle_time_ms: round2(l.cycle_time_ms),
+                timestamp: rfc3339(l.inspected_at),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct StationList {
+    pub stations: Vec<StationDto>,
+}

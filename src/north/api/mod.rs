@@ -1,0 +1,86 @@
+//! The REST API (axum on hyper): routes under /api/v1, JSON errors, and a graceful stop
+//! that refuses new connections and lets in-flight requests (and so in-flight inspection
+//! cycles) finish.
+
+mod dto;
+mod error;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bus::Snapshot;
+use crate::cycle::Inspector;
+use crate::supervisor::{Readiness, ServiceContext, ServiceError};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub inspector: Inspector,
+    pub readiness: Readiness,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub max_upload_bytes: usize,
+    /// Requests being served right now; shutdown tests and metrics read it.
+    pub in_flight: Arc<watch::Sender<usize>>,
+}
+
+/// Room for the multipart envelope and the text fields around the file.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
+pub fn router(state: ApiState) -> Router {
+    let upload_limit = state.max_upload_bytes + MULTIPART_OVERHEAD;
+    let api = Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/inspect", post(routes::inspect_upload).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/inspect/camera", post(routes::inspect_camera))
+        .route("/inspections", get(routes::list_inspections))
+        .route("/inspections/export", get(routes::export_csv))
+        .route("/inspections/{id}", get(routes::get_inspection).delete(routes::delete_inspection))
+        .route("/inspections/{id}/image", get(routes::inspection_image))
+        .route("/statistics", get(routes::statistics))
+        .route("/statistics/trends", get(routes::trends))
+        .route("/stations", get(routes::stations));
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(routes::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
+        .with_state(state)
+}
+
+async fn count_in_flight(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    struct Guard(Arc<watch::Sender<usize>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.send_modify(|n| *n -= 1);
+        }
+    }
+    state.in_flight.send_modify(|n| *n += 1);
+    let _guard = Guard(state.in_flight.clone());
+    next.run(request).await
+}
+
+/// Binds the listener; separate from `serve` so that the caller learns the bound address
+/// (tests bind port 0) and a bind error is a start-up error, not a service failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until the service token is cancelled, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, state: ApiState, ctx: ServiceContext) -> Result<(), ServiceError> {
+    let addr = listener.local_addr().map_err(ServiceError::new)?;
+    tracing::info!(%addr, "REST API listening");
+    ctx.set_ready();
+    let token = ctx.token.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .map_err(ServiceError::new)
+}

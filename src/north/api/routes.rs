@@ -1,0 +1,435 @@
+//! REST handlers under /api/v1. Each validates its input, calls the cycle or storage, and
+//! maps the result to a DTO; no station rules here.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{TimeDelta, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::ApiState;
+use super::dto::{Health, InspectionDto, InspectionList, Ready, StationDto, StationList, StatisticsDto, TrendsDto};
+use super::error::ApiError;
+use crate::core::decision::Decision;
+use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
+use crate::storage::{ListFilter, TrendInterval};
+
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "healthy", version: env!("CARGO_PKG_VERSION") })
+}
+
+pub async fn ready(State(state): State<ApiState>) -> Response {
+    let services: BTreeMap<String, bool> = state.readiness.report().into_iter().collect();
+    let all = services.values().all(|r| *r);
+    let body = Ready { status: if all { "ready" } else { "starting" }, services };
+    let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Largest station_id / part_id form values, bytes.
+const MAX_TEXT_FIELD: usize = 128;
+
+pub async fn inspect_upload(
+    State(state): State<ApiState>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|err| ApiError::new(err.status(), err.body_text()))?;
+    let mut file = None;
+    let mut station_id = None;
+    let mut part_id = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "file" => {
+                let declared = field.content_type().map(str::to_owned);
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    if bytes.len() + chunk.len() > state.max_upload_bytes {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("file is larger than {} MB", state.max_upload_bytes / (1024 * 1024)),
+                        ));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                file = Some((declared, bytes));
+            }
+            "station_id" | "part_id" => {
+                let text = field.text().await.map_err(multipart_error)?;
+                if text.len() > MAX_TEXT_FIELD {
+                    return Err(ApiError::unprocessable(format!("{name} is longer than {MAX_TEXT_FIELD} bytes")));
+                }
+                if name == "station_id" { station_id = Some(text) } else { part_id = Some(text) }
+            }
+            other => {
+                return Err(ApiError::unprocessable(format!(
+                    "unknown form field {other:?}; expected file, station_id, part_id"
+                )));
+            }
+        }
+    }
+    let (declared, bytes) = file.ok_or_else(|| ApiError::unprocessable("form field `file` is required"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::unprocessable("form field `file` is empty"));
+    }
+    let format = upload_format(declared.as_deref(), &bytes)?;
+    let station_id = station_id.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".to_owned());
+    let request = InspectRequest {
+        station_id,
+        part_id: part_id.filter(|p| !p.is_empty()),
+        image: CycleImage::Upload { bytes: bytes.into(), format },
+        triggered_at: Instant::now(),
+    };
+    created(state.inspector.inspect(request).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraQuery {
+    station_id: Option<String>,
+    part_id: Option<String>,
+}
+
+pub async fn inspect_camera(
+    State(state): State<ApiState>,
+    query: Result<Query<CameraQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let request = InspectRequest {
+        station_id: query.station_id.unwrap_or_else(|| "default".to_owned()),
+        part_id: query.part_id.filter(|p| !p.is_empty()),
+        image: CycleImage::Camera,
+        triggered_at: Instant::now(),
+    };
+    created(state.inspector.inspect(request).await?)
+}
+
+/// 201 with a Location: the record is committed when this is sent.
+fn created(record: crate::storage::InspectionRecord) -> Result<Response, ApiError> {
+    let location = HeaderValue::from_str(&format!("/api/v1/inspections/{}", record.id)).expect("ascii");
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(InspectionDto::from(&record))).into_response())
+}
+
+const ACCEPTED: [(image::ImageFormat, ImageFormat); 5] = [
+    (image::ImageFormat::Jpeg, ImageFormat { extension: "jpg", content_type: "image/jpeg" }),
+    (image::ImageFormat::Png, ImageFormat { extension: "png", content_type: "image/png" }),
+    (image::ImageFormat::Bmp, ImageFormat { extension: "bmp", content_type: "image/bmp" }),
+    (image::ImageFormat::Tiff, ImageFormat { extension: "tiff", content_type: "image/tiff" }),
+    (image::ImageFormat::WebP, ImageFormat { extension: "webp", content_type: "image/webp" }),
+];
+
+const DECLARED_OK: [&str; 10] = [
+    "image/jpeg",
+    "image/jpg",
+    "image/pjpeg",
+    "image/png",
+    "image/bmp",
+    "image/x-bmp",
+    "image/x-ms-bmp",
+    "image/tiff",
+    "image/webp",
+    "application/octet-stream",
+];
+
+/// 415 for anything that is not one of the five accepted formats, by declared type and by
+/// content; 422 for a file that claims an accepted image type but is not one.
+fn upload_format(declared: Option<&str>, bytes: &[u8]) -> Result<ImageFormat, ApiError> {
+    let unsupported = |what: &str| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported media type {what}; send jpeg, png, bmp, tiff or webp"),
+        )
+    };
+    let declared = declared.map(|d| d.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    if let Some(d) = &declared
+        && !DECLARED_OK.contains(&d.as_str())
+    {
+        return Err(unsupported(d));
+    }
+    match image::guess_format(bytes) {
+        Ok(found) => ACCEPTED
+            .iter()
+            .find(|(format, _)| *format == found)
+            .map(|(_, accepted)| *accepted)
+            .ok_or_else(|| unsupported(&format!("{found:?}").to_ascii_lowercase())),
+        Err(_) if declared.as_deref().is_some_and(|d| d.starts_with("image/")) => {
+            Err(ApiError::unprocessable("the image cannot be decoded: content does not match its type"))
+        }
+        Err(_) => Err(unsupported("(not an image)")),
+    }
+}
+
+fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(err.status(), format!("bad multipart body: {}", err.body_text()))
+}
+
+fn query_error(err: QueryRejection) -> ApiError {
+    ApiError::unprocessable(format!("bad query: {}", err.body_text()))
+}
+
+fn id_from(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(raw) = path.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    Uuid::parse_str(&raw).map_err(|_| ApiError::not_found(format!("no inspection {raw:?}")))
+}
+
+fn decision_from(text: Option<&str>) -> Result<Option<Decision>, ApiError> {
+    text.map(|d| {
+        Decision::parse(d)
+            .ok_or_else(|| ApiError::unprocessable(format!("decision must be pass, fail or uncertain, not {d:?}")))
+    })
+    .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    station_id: Option<String>,
+    decision: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+pub const MAX_LIST_LIMIT: u32 = 500;
+
+pub async fn list_inspections(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<InspectionList>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let filter =
+        ListFilter { station_id: query.station_id, decision: decision_from(query.decision.as_deref())?, since: None };
+    let (records, total) = state.inspector.storage.call(move |db| db.list(&filter, limit, offset)).await?;
+    Ok(Json(InspectionList { total, limit, offset, inspections: records.iter().map(InspectionDto::from).collect() }))
+}
+
+pub async fn get_inspection(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<InspectionDto>, ApiError> {
+    let id = id_from(path)?;
+    let record = state.inspector.storage.call(move |db| db.get(id)).await?;
+    record.map(|r| Json(InspectionDto::from(&r))).ok_or_else(|| ApiError::not_found(format!("no inspection {id}")))
+}
+
+pub async fn delete_inspection(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = id_from(path)?;
+    if state.inspector.storage.call(move |db| db.delete(id)).await? {
+        tracing::info!(%id, "inspection deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no inspection {id}")))
+    }
+}
+
+pub async fn inspection_image(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = id_from(path)?;
+    let found = state
+        .inspector
+        .storage
+        .call(move |db| Ok(db.get(id)?.and_then(|r| r.image).map(|image| (db.image_path(&image), image.content_type))))
+        .await?;
+    let (path, content_type) = found.ok_or_else(|| ApiError::not_found(format!("no image for inspection {id}")))?;
+    let bytes = tokio::fs::read(&path).await.map_err(|err| {
+        tracing::error!(cause = %err, path = %path.display(), "stored image unreadable");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored image unreadable; see the station log")
+    })?;
+    let content_type =
+        HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsQuery {
+    hours: Option<u32>,
+    station_id: Option<String>,
+    interval: Option<String>,
+}
+
+fn hours_from(hours: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    let hours = hours.unwrap_or(default);
+    if (1..=168).contains(&hours) { Ok(hours) } else { Err(ApiError::unprocessable("hours must be between 1 and 168")) }
+}
+
+pub async fn statistics(
+    State(state): State<ApiState>,
+    query: Result<Query<StatisticsQuery>, QueryRejection>,
+) -> Result<Json<StatisticsDto>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    if query.interval.is_some() {
+        return Err(ApiError::unprocessable("interval belongs to /statistics/trends"));
+    }
+    let hours = hours_from(query.hours, 24)?;
+    let filter = ListFilter {
+        station_id: query.station_id.clone(),
+        decision: None,
+        since: Some(Utc::now() - TimeDelta::hours(hours as i64)),
+    };
+    let stats = state.inspector.storage.call(move |db| db.statistics(&filter)).await?;
+    Ok(Json(StatisticsDto::new(stats, hours, query.station_id)))
+}
+
+pub async fn trends(
+    State(state): State<ApiState>,
+    query: Result<Query<StatisticsQuery>, QueryRejection>,
+) -> Result<Json<TrendsDto>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let hours = hours_from(query.hours, 24)?;
+    let interval = match query.interval.as_deref().unwrap_or("hour") {
+        "hour" => TrendInterval::Hour,
+        "day" => TrendInterval::Day,
+        other => return Err(ApiError::unprocessable(format!("interval must be hour or day, not {other:?}"))),
+    };
+    let now = Utc::now();
+    let filter =
+        ListFilter { station_id: query.station_id, decision: None, since: Some(now - TimeDelta::hours(hours as i64)) };
+    let buckets = state.inspector.storage.call(move |db| db.trends(&filter, interval, now)).await?;
+    Ok(Json(TrendsDto::new(buckets, interval)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    station_id: Option<String>,
+    decision: Option<String>,
+    hours: Option<u32>,
+}
+
+/// Rows per storage round trip while streaming the CSV: memory stays flat however long
+/// the history is.
+const EXPORT_PAGE: u32 = 500;
+
+pub async fn export_csv(
+    State(state): State<ApiState>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let since = match query.hours {
+        Some(hours) => Some(Utc::now() - TimeDelta::hours(hours_from(Some(hours), 24)? as i64)),
+        None => None,
+    };
+    let filter =
+        ListFilter { station_id: query.station_id, decision: decision_from(query.decision.as_deref())?, since };
+    let storage = state.inspector.storage.clone();
+    // State: (last seq sent, header written, finished).
+    let stream = futures_util::stream::unfold((0i64, false, false), move |(after, header_done, finished)| {
+        let (storage, filter) = (storage.clone(), filter.clone());
+        async move {
+            if finished {
+                return None;
+            }
+            let page = match storage.call(move |db| db.page_after(&filter, after, EXPORT_PAGE)).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::error!(cause = %err, "CSV export aborted");
+                    return Some((Err(std::io::Error::other(err.to_string())), (after, true, true)));
+                }
+            };
+            let last = page.last().map_or(after, |r| r.seq);
+            let done = page.len() < EXPORT_PAGE as usize;
+            Some((csv_chunk(&page, !header_done), (last, true, done)))
+        }
+    });
+    let headers = HeaderMap::from_iter([
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")),
+        (header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"inspections.csv\"")),
+    ]);
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+fn csv_chunk(records: &[crate::storage::InspectionRecord], with_header: bool) -> Result<Vec<u8>, std::io::Error> {
+    let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    if with_header {
+        writer.write_record([
+            "seq",
+            "id",
+            "timestamp",
+            "station_id",
+            "part_id",
+            "source",
+            "decision",
+            "confidence",
+            "label",
+            "objects_found",
+            "defects",
+            "total_time_ms",
+            "inference_time_ms",
+            "model",
+            "model_version",
+            "image_url",
+        ])?;
+    }
+    for r in records {
+        let dto = InspectionDto::from(r);
+        let defects: Vec<String> = r.defects.iter().map(|d| d.class_name.clone()).collect();
+        writer.write_record([
+            r.seq.to_string(),
+            dto.id,
+            dto.timestamp,
+            dto.station_id,
+            dto.part_id.unwrap_or_default(),
+            dto.source,
+            dto.decision.to_owned(),
+            format!("{:.4}", dto.confidence),
+            dto.label.unwrap_or_default(),
+            dto.objects_found.to_string(),
+            defects.join(";"),
+            dto.total_time_ms.to_string(),
+            dto.inference_time_ms.to_string(),
+            dto.model.name,
+            dto.model.version,
+            dto.image_url.unwrap_or_default(),
+        ])?;
+    }
+    writer.into_inner().map_err(|err| std::io::Error::other(err.to_string()))
+}
+
+pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
+    let snapshot = state.snapshots.borrow().clone();
+    let stations = snapshot.stations.iter().map(|(id, s)| StationDto::new(id, s)).collect();
+    Json(StationList { stations })
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_format_rules() {
+        let jpeg = std::fs::read("examples/parts/00_ok.jpg").unwrap();
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        let status = |declared: Option<&str>, bytes: &[u8]| {
+            upload_format(declared, bytes).map(|f| f.extension).map_err(|e| e.status.as_u16())
+        };
+        assert_eq!(status(Some("image/jpeg"), &jpeg), Ok("jpg"));
+        assert_eq!(status(None, &jpeg), Ok("jpg"));
+        assert_eq!(status(Some("application/octet-stream"), &jpeg), Ok("jpg"));
+        assert_eq!(status(Some("image/gif"), gif), Err(415));
+        assert_eq!(status(Some("image/png"), gif), Err(415));
+        assert_eq!(status(Some("text/plain"), b"hello"), Err(415));
+        assert_eq!(status(None, b"hello"), Err(415));
+        assert_eq!(status(Some("image/png"), b"hello"), Err(422));
+    }
+}

@@ -1,0 +1,123 @@
+//! Cameras. A [`FrameSource`] backend (sim folder or V4L2 via nokhwa) is owned by one OS
+//! thread per camera, because camera stacks block; the daemon holds a [`CameraHandle`]
+//! and asks it for the newest frame.
+
+pub mod sim;
+#[cfg(feature = "camera-v4l2")]
+pub mod v4l2;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use image::RgbImage;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+
+/// A captured frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub image: Arc<RgbImage>,
+    pub captured_at: DateTime<Utc>,
+    /// Where it came from, for logs and records (a file name, a device name).
+    pub origin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CameraError {
+    #[error("camera {camera}: cannot open: {message}")]
+    Open { camera: String, message: String },
+    #[error("camera {camera}: capture failed: {message}")]
+    Capture { camera: String, message: String },
+    #[error("camera {camera} is not connected")]
+    Disconnected { camera: String },
+    #[error("camera {camera} has stopped")]
+    Stopped { camera: String },
+}
+
+impl CameraError {
+    /// Whether trying again (after a reconnect) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CameraError::Capture { .. } | CameraError::Disconnected { .. })
+    }
+}
+
+/// What a camera can do. Blocking by design: the adapter gives each backend its own thread.
+pub trait FrameSource: Send + 'static {
+    /// The newest frame: never one that was waiting in a driver buffer since before the call.
+    fn capture(&mut self) -> Result<Frame, CameraError>;
+}
+
+/// State of a camera as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CameraState {
+    Starting,
+    Ready,
+    Failed(String),
+}
+
+enum Request {
+    Capture(oneshot::Sender<Result<Frame, CameraError>>),
+    Stop,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct CameraHandle {
+    pub id: String,
+    requests: mpsc::Sender<Request>,
+    state: watch::Receiver<CameraState>,
+}
+
+impl CameraHandle {
+    pub async fn capture(&self) -> Result<Frame, CameraError> {
+        let stopped = || CameraError::Stopped { camera: self.id.clone() };
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Capture(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub fn state(&self) -> CameraState {
+        self.state.borrow().clone()
+    }
+}
+
+/// Starts the thread owning camera `id`. `open` runs on that thread, so that a slow or
+/// failing open does not hold up the rest of the daemon.
+pub fn spawn<S, F>(supervisor: &mut Supervisor, id: String, open: F) -> CameraHandle
+where
+    S: FrameSource,
+    F: FnOnce() -> Result<S, CameraError> + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(8);
+    let (state_tx, state_rx) = watch::channel(CameraState::Starting);
+    let stop_tx = tx.clone();
+    supervisor.spawn_thread(
+        format!("camera[{id}]"),
+        Phase::Devices,
+        move |ctx: ServiceContext| {
+            let mut source = match open() {
+                Ok(source) => source,
+                Err(err) => {
+                    state_tx.send_replace(CameraState::Failed(err.to_string()));
+                    return Err(ServiceError::new(err));
+                }
+            };
+            state_tx.send_replace(CameraState::Ready);
+            ctx.set_ready();
+            while let Some(request) = rx.blocking_recv() {
+                match request {
+                    Request::Capture(reply) => {
+                        let _ = reply.send(source.capture());
+                    }
+                    Request::Stop => break,
+                }
+            }
+            Ok(())
+        },
+        async move {
+            let _ = stop_tx.send(Request::Stop).await;
+        },
+    );
+    CameraHandle { id, requests: tx, state: state_rx }
+}

@@ -1,0 +1,777 @@
+//! Durable records: SQLite (rusqlite, bundled) plus the image store, on one thread.
+//!
+//! Architecture Invariant: the only module with SQL. One connection, one writer thread;
+//! callers send closures over [`Storage::call`] and await the answer, so writes are
+//! serialised and blocking I/O never runs on the tokio runtime.
+//!
+//! Durability: WAL with `synchronous=FULL` (every commit is fsynced), images written and
+//! fsynced before the row that references them is committed, and a caller is answered
+//! only after `COMMIT` returned. That answer is what callers acknowledge upstream on
+//! (HTTP 201, and later the PLC's ResultsValid and the wrench's MID 0062).
+
+mod images;
+mod schema;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::core::StationHistory;
+use crate::core::decision::{Decision, Detection};
+use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("image store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage has stopped")]
+    Stopped,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// Where an inspection's image came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Upload,
+    Camera,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Upload => "upload",
+            Source::Camera => "camera",
+        }
+    }
+}
+
+/// An image to keep with its record, as it was received (or as the camera frame was encoded).
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub bytes: bytes::Bytes,
+    /// File extension without the dot, e.g. "jpg".
+    pub extension: &'static str,
+    pub content_type: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewInspection {
+    pub id: Uuid,
+    pub station_id: String,
+    pub part_id: Option<String>,
+    pub source: Source,
+    pub decision: Decision,
+    pub confidence: f32,
+    pub label: Option<String>,
+    /// Per-label scores of a classifier, in label order.
+    pub scores: Vec<(String, f32)>,
+    pub defects: Vec<Detection>,
+    pub model_name: String,
+    pub model_version: String,
+    pub inference_ms: f64,
+    pub total_ms: f64,
+    pub image: Option<NewImage>,
+    pub image_width: u32,
+    pub image_height: u32,
+    pub inspected_at: DateTime<Utc>,
+}
+
+/// A stored image's reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRef {
+    /// Relative to the image store root, `/`-separated.
+    pub relative_path: String,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+/// One inspection as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InspectionRecord {
+    pub seq: i64,
+    pub id: Uuid,
+    pub station_id: String,
+    pub part_id: Option<String>,
+    pub source: String,
+    pub decision: Decision,
+    pub confidence: f32,
+    pub label: Option<String>,
+    pub scores: Vec<(String, f32)>,
+    pub defects: Vec<Detection>,
+    pub model_name: String,
+    pub model_version: String,
+    pub inference_ms: f64,
+    pub total_ms: f64,
+    pub image: Option<ImageRef>,
+    pub image_width: u32,
+    pub image_height: u32,
+    pub inspected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub station_id: Option<String>,
+    pub decision: Option<Decision>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statistics {
+    pub total: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub uncertain: u64,
+    pub avg_total_ms: Option<f64>,
+    pub defect_breakdown: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrendInterval {
+    Hour,
+    Day,
+}
+
+impl TrendInterval {
+    fn span(self) -> TimeDelta {
+        match self {
+            TrendInterval::Hour => TimeDelta::hours(1),
+            TrendInterval::Day => TimeDelta::days(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendBucket {
+    pub start: DateTime<Utc>,
+    pub total: u64,
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// The database file and image store, owned by the storage thread.
+pub struct Db {
+    conn: Connection,
+    images_root: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) `<state_dir>/stationd.db` and `<state_dir>/images`,
+    /// applies migrations, checks integrity and removes orphan images.
+    pub fn open(state_dir: &Path) -> Result<Db, StorageError> {
+        std::fs::create_dir_all(state_dir)?;
+        let images_root = state_dir.join("images");
+        std::fs::create_dir_all(&images_root)?;
+        let mut conn = Connection::open(state_dir.join("stationd.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let started = Instant::now();
+        let check: String = conn.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        if check != "ok" {
+            return Err(StorageError::Corrupt(format!("quick_check: {check}")));
+        }
+        let applied = schema::migrate(&mut conn)?;
+        let db = Db { conn, images_root };
+        let referenced = db.referenced_images()?;
+        let removed = images::sweep_orphans(&db.images_root, &referenced)?;
+        tracing::info!(
+            path = %state_dir.join("stationd.db").display(),
+            schema = schema::CURRENT,
+            migrations_applied = applied,
+            orphan_images_removed = removed,
+            check_ms = started.elapsed().as_millis() as u64,
+            "storage open"
+        );
+        Ok(db)
+    }
+
+    pub fn images_root(&self) -> &Path {
+        &self.images_root
+    }
+
+    fn referenced_images(&self) -> Result<HashSet<String>, StorageError> {
+        let mut stmt = self.conn.prepare("SELECT image_path FROM inspections WHERE image_path IS NOT NULL")?;
+        let paths = stmt.query_map([], |row| row.get(0))?.collect::<Result<HashSet<String>, _>>()?;
+        Ok(paths)
+    }
+
+    /// Stores the image durably, then commits the row. Returns the stored record.
+    pub fn insert_inspection(&mut self, new: NewInspection) -> Result<InspectionRecord, StorageError> {
+        let image = match &new.image {
+            Some(image) => {
+                let relative =
+                    format!("{}/{}.{}", new.inspected_at.format("%Y-%m-%d"), new.id.simple(), image.extension);
+                images::write_durably(&self.images_root, &relative, &image.bytes)?;
+                Some(ImageRef {
+                    relative_path: relative,
+                    bytes: image.bytes.len() as u64,
+                    content_type: image.content_type.to_owned(),
+                })
+            }
+            None => None,
+        };
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO inspections (id, station_id, part_id, source, decision, confidence, label, scores,
+                objects_found, model_name, model_version, inference_ms, total_ms, image_path, image_bytes,
+                image_type, image_width, image_height, inspected_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            params![
+                new.id.to_string(),
+                new.station_id,
+                new.part_id,
+                new.source.as_str(),
+                new.decision.as_str(),
+                new.confidence,
+                new.label,
+                encode_scores(&new.scores),
+                new.defects.len() as i64,
+                new.model_name,
+                new.model_version,
+                new.inference_ms,
+                new.total_ms,
+                image.as_ref().map(|i| i.relative_path.clone()),
+                image.as_ref().map(|i| i.bytes as i64),
+                image.as_ref().map(|i| i.content_type.clone()),
+                new.image_width,
+                new.image_height,
+                new.inspected_at.timestamp_millis(),
+            ],
+        )?;
+        let seq = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO defects (inspection_seq, class_name, confidence, x1, y1, x2, y2)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for d in &new.defects {
+                stmt.execute(params![seq, d.class_name, d.confidence, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(InspectionRecord {
+            seq,
+            id: new.id,
+            station_id: new.station_id,
+            part_id: new.part_id,
+            source: new.source.as_str().to_owned(),
+            decision: new.decision,
+            confidence: new.confidence,
+            label: new.label,
+            scores: new.scores,
+            defects: new.defects,
+            model_name: new.model_name,
+            model_version: new.model_version,
+            inference_ms: new.inference_ms,
+            total_ms: new.total_ms,
+            image,
+            image_width: new.image_width,
+            image_height: new.image_height,
+            inspected_at: DateTime::from_timestamp_millis(new.inspected_at.timestamp_millis())
+                .unwrap_or(new.inspected_at),
+        })
+    }
+
+    pub fn get(&self, id: Uuid) -> Result<Option<InspectionRecord>, StorageError> {
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE id = ?1");
+        let record = self.conn.query_row(&sql, [id.to_string()], read_record).optional()?;
+        record.map(|r| self.with_defects(r)).transpose()
+    }
+
+    /// Newest first. Returns the page and the number of matching records.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<InspectionRecord>, u64), StorageError> {
+        let (clause, values) = where_clause(filter);
+        let total: i64 = self.conn.query_row(
+            &format!("SELECT COUNT(*) FROM inspections {clause}"),
+            params_from_iter(&values),
+            |row| row.get(0),
+        )?;
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM inspections {clause} ORDER BY seq DESC LIMIT {limit} OFFSET {offset}"
+        );
+        let records = self.query_records(&sql, &values)?;
+        Ok((records, total as u64))
+    }
+
+    /// Oldest first, `seq > after_seq`: the export walks the table in pages with this.
+    pub fn page_after(
+        &self,
+        filter: &ListFilter,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<InspectionRecord>, StorageError> {
+        let (clause, mut values) = where_clause(filter);
+        let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
+        values.push(rusqlite::types::Value::Integer(after_seq));
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM inspections {clause} {joiner} seq > ?{} ORDER BY seq ASC LIMIT {limit}",
+            values.len()
+        );
+        self.query_records(&sql, &values)
+    }
+
+    fn query_records(
+        &self,
+        sql: &str,
+        values: &[rusqlite::types::Value],
+    ) -> Result<Vec<InspectionRecord>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let records = stmt.query_map(params_from_iter(values), read_record)?.collect::<Result<Vec<_>, _>>()?;
+        records.into_iter().map(|r| self.with_defects(r)).collect()
+    }
+
+    fn with_defects(&self, mut record: InspectionRecord) -> Result<InspectionRecord, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT class_name, confidence, x1, y1, x2, y2 FROM defects WHERE inspection_seq = ?1 ORDER BY rowid",
+        )?;
+        record.defects = stmt
+            .query_map([record.seq], |row| {
+                Ok(Detection {
+                    class_name: row.get(0)?,
+                    confidence: row.get(1)?,
+                    bbox: [row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?],
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(record)
+    }
+
+    /// Deletes the row (committed first), then its image. A crash in between leaves an
+    /// orphan file that the next open removes, never a row without its image.
+    pub fn delete(&mut self, id: Uuid) -> Result<bool, StorageError> {
+        let image: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT image_path FROM inspections WHERE id = ?1", [id.to_string()], |row| row.get(0))
+            .optional()?;
+        let Some(image) = image else { return Ok(false) };
+        self.conn.execute("DELETE FROM inspections WHERE id = ?1", [id.to_string()])?;
+        if let Some(relative) = image {
+            images::remove(&self.images_root, &relative)?;
+        }
+        Ok(true)
+    }
+
+    pub fn image_path(&self, image: &ImageRef) -> PathBuf {
+        images::full_path(&self.images_root, &image.relative_path)
+    }
+
+    pub fn statistics(&self, filter: &ListFilter) -> Result<Statistics, StorageError> {
+        let (clause, values) = where_clause(&ListFilter { decision: None, ..filter.clone() });
+        let (total, passed, failed, uncertain, avg): (i64, i64, i64, i64, Option<f64>) = self.conn.query_row(
+            &format!(
+                "SELECT COUNT(*),
+                        COALESCE(SUM(decision = 'pass'), 0),
+                        COALESCE(SUM(decision = 'fail'), 0),
+                        COALESCE(SUM(decision = 'uncertain'), 0),
+                        AVG(total_ms)
+                 FROM inspections {clause}"
+            ),
+            params_from_iter(&values),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+        )?;
+        // Defects of failed parts: detections by class, or the classifier's label.
+        let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
+        let sql = format!(
+            "SELECT class, COUNT(*) FROM (
+                 SELECT d.class_name AS class FROM defects d JOIN inspections i ON i.seq = d.inspection_seq
+                 WHERE i.seq IN (SELECT seq FROM inspections {clause} {joiner} decision = 'fail')
+                 UNION ALL
+                 SELECT label AS class FROM inspections {clause} {joiner} decision = 'fail'
+                     AND objects_found = 0 AND label IS NOT NULL
+             ) GROUP BY class ORDER BY class"
+        );
+        let doubled: Vec<rusqlite::types::Value> = values.iter().chain(values.iter()).cloned().collect();
+        let sql = renumber_placeholders(&sql);
+        let mut stmt = self.conn.prepare(&sql)?;
+        let defect_breakdown = stmt
+            .query_map(params_from_iter(&doubled), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        Ok(Statistics {
+            total: total as u64,
+            passed: passed as u64,
+            failed: failed as u64,
+            uncertain: uncertain as u64,
+            avg_total_ms: avg,
+            defect_breakdown,
+        })
+    }
+
+    /// Buckets from the one holding `filter.since` to the one holding `now`, including
+    /// empty ones, so charts get a continuous axis.
+    pub fn trends(
+        &self,
+        filter: &ListFilter,
+        interval: TrendInterval,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TrendBucket>, StorageError> {
+        let span_ms = interval.span().num_milliseconds();
+        let (clause, values) = where_clause(&ListFilter { decision: None, ..filter.clone() });
+        let sql = format!(
+            "SELECT (inspected_at_ms / {span_ms}) * {span_ms} AS bucket, COUNT(*),
+                    COALESCE(SUM(decision = 'pass'), 0), COALESCE(SUM(decision = 'fail'), 0)
+             FROM inspections {clause} GROUP BY bucket ORDER BY bucket"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows: BTreeMap<i64, (u64, u64, u64)> = stmt
+            .query_map(params_from_iter(&values), |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    (row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64, row.get::<_, i64>(3)? as u64),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let first = filter.since.map(|s| s.timestamp_millis()).or_else(|| rows.keys().next().copied());
+        let Some(first) = first else { return Ok(Vec::new()) };
+        let (first, last) = (first.div_euclid(span_ms) * span_ms, now.timestamp_millis().div_euclid(span_ms) * span_ms);
+        let mut buckets = Vec::new();
+        let mut start = first;
+        while start <= last {
+            let (total, passed, failed) = rows.get(&start).copied().unwrap_or_default();
+            let start_time = DateTime::from_timestamp_millis(start).expect("bucket within chrono's range");
+            buckets.push(TrendBucket { start: start_time, total, passed, failed });
+            start += span_ms;
+        }
+        Ok(buckets)
+    }
+
+    /// Totals and the last hour of decisions per station, for the core after a restart.
+    pub fn station_history(&self, station_id: &str, now: DateTime<Utc>) -> Result<StationHistory, StorageError> {
+        let mut history = StationHistory::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT decision, COUNT(*) FROM inspections WHERE station_id = ?1 GROUP BY decision")?;
+        for row in stmt.query_map([station_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+            let (decision, count) = row?;
+            let decision = Decision::parse(&decision).ok_or_else(|| StorageError::Corrupt(decision.clone()))?;
+            history.totals.insert(decision, count as u64);
+        }
+        let since = (now - crate::core::PASS_RATE_WINDOW).timestamp_millis();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT inspected_at_ms, decision FROM inspections
+             WHERE station_id = ?1 AND inspected_at_ms > ?2 ORDER BY seq",
+        )?;
+        for row in
+            stmt.query_map(params![station_id, since], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?
+        {
+            let (at, decision) = row?;
+            let decision = Decision::parse(&decision).ok_or_else(|| StorageError::Corrupt(decision.clone()))?;
+            history.recent.push((DateTime::from_timestamp_millis(at).unwrap_or(now), decision));
+        }
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE station_id = ?1 ORDER BY seq DESC LIMIT 1");
+        if let Some(last) = self.conn.query_row(&sql, [station_id], read_record).optional()? {
+            history.last = Some(crate::bus::InspectionSummary {
+                id: last.id,
+                seq: last.seq,
+                station_id: last.station_id,
+                part_id: last.part_id,
+                decision: last.decision,
+                confidence: last.confidence,
+                label: last.label,
+                objects_found: 0,
+                cycle_time_ms: last.total_ms,
+                inference_ms: last.inference_ms,
+                inspected_at: last.inspected_at,
+            });
+        }
+        Ok(history)
+    }
+
+    /// Moves the WAL into the database file; run at shutdown so the next start is quick.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+const RECORD_COLUMNS: &str = "seq, id, station_id, part_id, source, decision, confidence, label, scores,
+    model_name, model_version, inference_ms, total_ms, image_path, image_bytes, image_type,
+    image_width, image_height, inspected_at_ms";
+
+fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
+    let bad = |index: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, what.to_owned().into())
+    };
+    let id: String = row.get(1)?;
+    let decision: String = row.get(5)?;
+    let scores: String = row.get(8)?;
+    let image_path: Option<String> = row.get(13)?;
+    let image = match image_path {
+        Some(relative_path) => Some(ImageRef {
+            relative_path,
+            bytes: row.get::<_, Option<i64>>(14)?.unwrap_or(0) as u64,
+            content_type: row.get::<_, Option<String>>(15)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let at: i64 = row.get(18)?;
+    Ok(InspectionRecord {
+        seq: row.get(0)?,
+        id: Uuid::parse_str(&id).map_err(|_| bad(1, "id is not a UUID"))?,
+        station_id: row.get(2)?,
+        part_id: row.get(3)?,
+        source: row.get(4)?,
+        decision: Decision::parse(&decision).ok_or_else(|| bad(5, "unknown decision"))?,
+        confidence: row.get(6)?,
+        label: row.get(7)?,
+        scores: decode_scores(&scores).ok_or_else(|| bad(8, "scores are not label=value pairs"))?,
+        defects: Vec::new(),
+        model_name: row.get(9)?,
+        model_version: row.get(10)?,
+        inference_ms: row.get(11)?,
+        total_ms: row.get(12)?,
+        image,
+        image_width: row.get(16)?,
+        image_height: row.get(17)?,
+        inspected_at: DateTime::from_timestamp_millis(at).ok_or_else(|| bad(18, "timestamp out of range"))?,
+    })
+}
+
+/// Scores are stored as `label=value` lines: labels come from model.toml and never
+/// contain a newline (the spec parser would not produce one through TOML strings with
+/// `\n`, and `decode_scores` refuses malformed lines rather than guessing).
+fn encode_scores(scores: &[(String, f32)]) -> String {
+    scores.iter().map(|(label, p)| format!("{}={p}", label.replace(['\n', '='], "_"))).collect::<Vec<_>>().join("\n")
+}
+
+fn decode_scores(text: &str) -> Option<Vec<(String, f32)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.lines()
+        .map(|line| {
+            let (label, value) = line.rsplit_once('=')?;
+            Some((label.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn where_clause(filter: &ListFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    if let Some(station) = &filter.station_id {
+        values.push(Value::Text(station.clone()));
+        conditions.push(format!("station_id = ?{}", values.len()));
+    }
+    if let Some(decision) = filter.decision {
+        values.push(Value::Text(decision.as_str().to_owned()));
+        conditions.push(format!("decision = ?{}", values.len()));
+    }
+    if let Some(since) = filter.since {
+        values.push(Value::Integer(since.timestamp_millis()));
+        conditions.push(format!("inspected_at_ms >= ?{}", values.len()));
+    }
+    if conditions.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!("WHERE {}", conditions.join(" AND ")), values)
+    }
+}
+
+/// The defect breakdown query repeats the filter clause; number its placeholders so that
+/// the second copy binds the second copy of the values.
+fn renumber_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '?' {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+            out.push_str(&next.to_string());
+            next += 1;
+        }
+    }
+    out
+}
+
+enum Command {
+    Call(Box<dyn FnOnce(&mut Db) + Send>),
+    Stop,
+}
+
+/// Cheap to clone; every database access goes through it.
+#[derive(Clone)]
+pub struct Storage {
+    commands: mpsc::Sender<Command>,
+}
+
+const COMMAND_QUEUE: usize = 256;
+
+impl Storage {
+    /// Runs `f` on the storage thread and returns its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Call(Box::new(move |db| {
+            let _ = reply.send(f(db));
+        }));
+        self.commands.send(command).await.map_err(|_| StorageError::Stopped)?;
+        answer.await.map_err(|_| StorageError::Stopped)?
+    }
+}
+
+/// Starts the storage thread. It opens the database (ready after that), serves calls in
+/// order, and on stop serves what was queued before the stop, checkpoints and closes.
+pub fn spawn(supervisor: &mut Supervisor, state_dir: PathBuf) -> Storage {
+    let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE);
+    let stop_tx = tx.clone();
+    supervisor.spawn_thread(
+        "storage",
+        Phase::Storage,
+        move |ctx: ServiceContext| {
+            let mut db = Db::open(&state_dir).map_err(ServiceError::new)?;
+            ctx.set_ready();
+            while let Some(command) = rx.blocking_recv() {
+                match command {
+                    Command::Call(f) => f(&mut db),
+                    Command::Stop => break,
+                }
+            }
+            rx.close();
+            // Calls queued behind the stop are answered with `Stopped` when dropped here.
+            db.checkpoint().map_err(ServiceError::new)?;
+            tracing::info!("storage flushed and closed");
+            Ok(())
+        },
+        async move {
+            let _ = stop_tx.send(Command::Stop).await;
+        },
+    );
+    Storage { commands: tx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_inspection(station: &str, decision: Decision, at: DateTime<Utc>) -> NewInspection {
+        NewInspection {
+            id: Uuid::new_v4(),
+            station_id: station.into(),
+            part_id: Some("P-1".into()),
+            source: Source::Upload,
+            decision,
+            confidence: 0.9,
+            label: Some(if decision == Decision::Fail { "scratch" } else { "ok" }.into()),
+            scores: vec![("ok".into(), 0.9), ("scratch".into(), 0.1)],
+            defects: Vec::new(),
+            model_name: "m".into(),
+            model_version: "1".into(),
+            inference_ms: 2.0,
+            total_ms: 4.0,
+            image: Some(NewImage {
+                bytes: bytes::Bytes::from_static(b"jpeg"),
+                extension: "jpg",
+                content_type: "image/jpeg",
+            }),
+            image_width: 10,
+            image_height: 10,
+            inspected_at: at,
+        }
+    }
+
+    fn t(hours: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap() + TimeDelta::hours(hours)
+    }
+
+    #[test]
+    fn pragmas_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mode: String = db.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = db.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+    }
+
+    #[test]
+    fn insert_get_list_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
+        let mut new = new_inspection("a", Decision::Fail, t(0));
+        new.defects = vec![Detection { class_name: "dent".into(), confidence: 0.7, bbox: [1.0, 2.0, 3.0, 4.0] }];
+        let stored = db.insert_inspection(new).unwrap();
+        let image = stored.image.clone().unwrap();
+        assert_eq!(std::fs::read(db.image_path(&image)).unwrap(), b"jpeg");
+        assert_eq!(db.get(stored.id).unwrap().unwrap(), stored);
+        db.insert_inspection(new_inspection("b", Decision::Pass, t(1))).unwrap();
+        let (page, total) = db.list(&ListFilter { station_id: Some("a".into()), ..Default::default() }, 10, 0).unwrap();
+        assert_eq!((page.len(), total), (1, 1));
+        assert!(db.delete(stored.id).unwrap());
+        assert!(!db.delete(stored.id).unwrap());
+        assert!(!db.image_path(&image).exists());
+        assert_eq!(db.list(&ListFilter::default(), 10, 0).unwrap().1, 1);
+    }
+
+    #[test]
+    fn statistics_and_trends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
+        for (h, d) in [(0, Decision::Pass), (0, Decision::Fail), (2, Decision::Pass), (2, Decision::Uncertain)] {
+            db.insert_inspection(new_inspection("a", d, t(h))).unwrap();
+        }
+        let mut detected = new_inspection("b", Decision::Fail, t(2));
+        detected.defects = vec![
+            Detection { class_name: "dent".into(), confidence: 0.7, bbox: [0.0; 4] },
+            Detection { class_name: "dent".into(), confidence: 0.6, bbox: [0.0; 4] },
+        ];
+        db.insert_inspection(detected).unwrap();
+        let stats = db.statistics(&ListFilter::default()).unwrap();
+        assert_eq!((stats.total, stats.passed, stats.failed, stats.uncertain), (5, 2, 2, 1));
+        assert_eq!(stats.defect_breakdown, [("dent".to_owned(), 2), ("scratch".to_owned(), 1)].into());
+        let only_a = db.statistics(&ListFilter { station_id: Some("a".into()), ..Default::default() }).unwrap();
+        assert_eq!(only_a.defect_breakdown, [("scratch".to_owned(), 1)].into());
+
+        let filter = ListFilter { station_id: Some("a".into()), since: Some(t(-1)), ..Default::default() };
+        let trend = db.trends(&filter, TrendInterval::Hour, t(3)).unwrap();
+        let rendered: Vec<_> = trend.iter().map(|b| (b.total, b.passed, b.failed)).collect();
+        assert_eq!(rendered, [(0, 0, 0), (2, 1, 1), (0, 0, 0), (2, 1, 0), (0, 0, 0)]);
+    }
+
+    #[test]
+    fn reopen_restores_history_and_sweeps_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut db = Db::open(dir.path()).unwrap();
+            db.insert_inspection(new_inspection("a", Decision::Pass, t(0))).unwrap();
+            db.insert_inspection(new_inspection("a", Decision::Fail, t(-3))).unwrap();
+        }
+        let orphan = dir.path().join("images/2023-11-14/orphan.jpg");
+        std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        std::fs::write(&orphan, b"x").unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert!(!orphan.exists());
+        let history = db.station_history("a", t(0)).unwrap();
+        assert_eq!(history.totals.values().sum::<u64>(), 2);
+        assert_eq!(history.recent.len(), 1);
+        assert_eq!(history.last.unwrap().decision, Decision::Fail);
+    }
+
+    #[test]
+    fn scores_encoding_round_trips() {
+        let scores = vec![("ok".to_owned(), 0.25f32), ("a=b".to_owned(), 1e-7)];
+        let decoded = decode_scores(&encode_scores(&scores)).unwrap();
+        assert_eq!(decoded, [("ok".to_owned(), 0.25), ("a_b".to_owned(), 1e-7)]);
+        assert_eq!(decode_scores("garbage"), None);
+    }
+}

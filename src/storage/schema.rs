@@ -1,0 +1,60 @@
+//! Schema migrations, applied in order at open and recorded in `PRAGMA user_version`.
+//! Append new migrations; never edit one that has shipped.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: inspections and the defects found in them.
+    "CREATE TABLE inspections (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        station_id      TEXT NOT NULL,
+        part_id         TEXT,
+        source          TEXT NOT NULL CHECK (source IN ('upload', 'camera')),
+        decision        TEXT NOT NULL CHECK (decision IN ('pass', 'fail', 'uncertain')),
+        confidence      REAL NOT NULL,
+        label           TEXT,
+        scores          TEXT NOT NULL,
+        objects_found   INTEGER NOT NULL,
+        model_name      TEXT NOT NULL,
+        model_version   TEXT NOT NULL,
+        inference_ms    REAL NOT NULL,
+        total_ms        REAL NOT NULL,
+        image_path      TEXT,
+        image_bytes     INTEGER,
+        image_type      TEXT,
+        image_width     INTEGER NOT NULL,
+        image_height    INTEGER NOT NULL,
+        inspected_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX inspections_time ON inspections (inspected_at_ms);
+    CREATE INDEX inspections_station_time ON inspections (station_id, inspected_at_ms);
+    CREATE TABLE defects (
+        inspection_seq INTEGER NOT NULL REFERENCES inspections (seq) ON DELETE CASCADE,
+        class_name     TEXT NOT NULL,
+        confidence     REAL NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL
+    );
+    CREATE INDEX defects_inspection ON defects (inspection_seq);",
+];
+
+/// The schema version this build writes.
+pub(crate) const CURRENT: usize = MIGRATIONS.len();
+
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > CURRENT {
+        // A newer stationd wrote this database; refusing beats corrupting it.
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {version} is newer than this build's {CURRENT}"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(CURRENT - version)
+}

@@ -1,0 +1,274 @@
+//! Named services with cancellation, readiness and a phased, deadline-bounded shutdown.
+//!
+//! Architecture Invariant: this is the only module that spawns long-lived tasks or
+//! threads (`clippy.toml` bans `tokio::spawn` and `std::thread::spawn` elsewhere). Every
+//! service belongs to a [`Phase`]; shutdown cancels the phases in order and waits for
+//! each to drain before the next, so that the API stops taking work before the in-flight
+//! cycle finishes, and storage flushes last.
+//!
+//! Restart policy: a service that returns an error or panics while not asked to stop
+//! takes the process down with a failure exit, after a clean drain of the others.
+//! systemd's `Restart=on-failure` then restarts the whole daemon, which re-opens devices
+//! from a known state. Per-service restarts come with the device adapters that need them.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shutdown order. Services of an earlier phase are stopped and drained first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Listeners that bring work in (REST; later Modbus, OPC-UA, GPIO triggers).
+    Intake,
+    /// Devices go to their safe state (cameras; later GPIO outputs, wrench tools).
+    Devices,
+    /// The core finishes the events already queued.
+    Core,
+    Inference,
+    /// Storage commits what is queued, checkpoints the WAL and closes.
+    Storage,
+}
+
+impl Phase {
+    const ORDER: [Phase; 5] = [Phase::Intake, Phase::Devices, Phase::Core, Phase::Inference, Phase::Storage];
+}
+
+/// Why a service stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceError(pub String);
+
+impl ServiceError {
+    pub fn new(err: impl std::fmt::Display) -> ServiceError {
+        ServiceError(err.to_string())
+    }
+}
+
+/// Handed to each service: its cancellation token and its readiness flag.
+pub struct ServiceContext {
+    pub name: String,
+    /// Cancelled when the service's shutdown phase begins. Services stop taking new work
+    /// when it fires and finish what they hold.
+    pub token: CancellationToken,
+    /// Flipped once by the service when it can do its job.
+    ready: watch::Sender<bool>,
+}
+
+impl ServiceContext {
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+}
+
+struct Service {
+    name: String,
+    phase: Phase,
+    token: CancellationToken,
+    /// Cancelled by the service's task when it has ended, whatever the reason.
+    exited: CancellationToken,
+}
+
+/// Which services are ready. Cheap to clone; shared with `/ready` and sd_notify.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    // A leaf cache: locked briefly to list or register, never across an await.
+    services: Arc<Mutex<Vec<ServiceReadiness>>>,
+}
+
+/// A service's name and its readiness flag.
+type ServiceReadiness = (String, watch::Receiver<bool>);
+
+impl Readiness {
+    pub fn report(&self) -> Vec<(String, bool)> {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services.iter().map(|(name, rx)| (name.clone(), *rx.borrow())).collect()
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.report().iter().all(|(_, ready)| *ready)
+    }
+
+    pub async fn wait_all_ready(&self) {
+        let receivers: Vec<_> = {
+            let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            services.iter().map(|(_, rx)| rx.clone()).collect()
+        };
+        for mut rx in receivers {
+            // An error means the service ended before it was ready; readiness then never
+            // comes, and the failure path shuts the process down.
+            if rx.wait_for(|ready| *ready).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+pub struct Supervisor {
+    services: Vec<Service>,
+    /// Tracks every service task (threads are tracked through a waiter task).
+    tracker: TaskTracker,
+    readiness: Readiness,
+    /// Cancelled when a service fails; `app::run` then shuts down with a failure exit.
+    failed: CancellationToken,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Supervisor {
+        Supervisor {
+            services: Vec::new(),
+            tracker: TaskTracker::new(),
+            readiness: Readiness::default(),
+            failed: CancellationToken::new(),
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Fires when any service failed.
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
+    }
+
+    fn register(&mut self, name: String, phase: Phase) -> (ServiceContext, Exit) {
+        let token = CancellationToken::new();
+        let exited = CancellationToken::new();
+        let (ready_tx, ready_rx) = watch::channel(false);
+        self.readiness.services.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), ready_rx));
+        self.services.push(Service { name: name.clone(), phase, token: token.clone(), exited: exited.clone() });
+        let exit = Exit { name: name.clone(), token: token.clone(), exited, failed: self.failed.clone() };
+        (ServiceContext { name, token, ready: ready_tx }, exit)
+    }
+
+    /// Runs an async service on the runtime.
+    pub fn spawn<F, Fut>(&mut self, name: impl Into<String>, phase: Phase, service: F)
+    where
+        F: FnOnce(ServiceContext) -> Fut,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        let (ctx, exit) = self.register(name.into(), phase);
+        let fut = service(ctx);
+        self.tracker.spawn(async move {
+            let outcome = AssertUnwindSafe(fut).catch_unwind().await;
+            exit.report(outcome.map_err(panic_message));
+        });
+    }
+
+    /// Runs a blocking service on its own OS thread. `stop` is awaited when the service's
+    /// phase begins; it must make the thread return (e.g. by queueing a stop message
+    /// behind the work already queued).
+    pub fn spawn_thread<F, S>(&mut self, name: impl Into<String>, phase: Phase, service: F, stop: S)
+    where
+        F: FnOnce(ServiceContext) -> Result<(), ServiceError> + Send + 'static,
+        S: Future<Output = ()> + Send + 'static,
+    {
+        let (ctx, exit) = self.register(name.into(), phase);
+        let (done_tx, mut done_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new().name(exit.name.clone()).spawn(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| service(ctx)));
+            let _ = done_tx.send(outcome.map_err(panic_message));
+        });
+        if let Err(err) = spawned {
+            exit.report(Ok(Err(ServiceError::new(format!("cannot start thread: {err}")))));
+            return;
+        }
+        self.tracker.spawn(async move {
+            let outcome = tokio::select! {
+                outcome = &mut done_rx => outcome,
+                () = exit.token.cancelled() => {
+                    stop.await;
+                    done_rx.await
+                }
+            };
+            exit.report(outcome.unwrap_or_else(|_| Err("thread vanished".to_owned())));
+        });
+    }
+
+    /// Stops every service, phase by phase, within `deadline`. Returns false when some
+    /// phase did not drain in time (its tasks are then abandoned to the runtime's drop).
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        let started = Instant::now();
+        let end = started + deadline;
+        self.tracker.close();
+        let mut clean = true;
+        for phase in Phase::ORDER {
+            let names: Vec<&str> = self.services.iter().filter(|s| s.phase == phase).map(|s| s.name.as_str()).collect();
+            if names.is_empty() {
+                continue;
+            }
+            tracing::info!(?phase, services = ?names, "shutdown phase");
+            for service in self.services.iter().filter(|s| s.phase == phase) {
+                service.token.cancel();
+            }
+            // Storage always gets a moment to checkpoint, even after an overrun.
+            let phase_end = if phase == Phase::Storage { end.max(Instant::now() + STORAGE_GRACE) } else { end };
+            for service in self.services.iter().filter(|s| s.phase == phase) {
+                if tokio::time::timeout_at(phase_end, service.exited.cancelled()).await.is_err() {
+                    tracing::error!(?phase, service = service.name, "shutdown phase overran the deadline");
+                    clean = false;
+                }
+            }
+        }
+        if clean {
+            // Every service reported its exit; the tracked waiter tasks end right after.
+            let _ = tokio::time::timeout_at(end.max(Instant::now() + STORAGE_GRACE), self.tracker.wait()).await;
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, clean, "shutdown complete");
+        clean
+    }
+}
+
+/// Storage's minimum time to flush, granted even when earlier phases used the deadline up.
+const STORAGE_GRACE: Duration = Duration::from_secs(1);
+
+/// How a service's task reports its end.
+struct Exit {
+    name: String,
+    token: CancellationToken,
+    exited: CancellationToken,
+    failed: CancellationToken,
+}
+
+impl Exit {
+    fn report(&self, outcome: Result<Result<(), ServiceError>, String>) {
+        let name = self.name.as_str();
+        match outcome {
+            Ok(Ok(())) if self.token.is_cancelled() => tracing::info!(service = name, "service stopped"),
+            Ok(Ok(())) => {
+                tracing::error!(service = name, "service ended without being asked to");
+                self.failed.cancel();
+            }
+            Ok(Err(err)) => {
+                tracing::error!(service = name, cause = %err, "service failed");
+                self.failed.cancel();
+            }
+            Err(panic) => {
+                tracing::error!(service = name, panic = %panic, "service panicked");
+                self.failed.cancel();
+            }
+        }
+        self.exited.cancel();
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
