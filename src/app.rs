@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         inference,
         storage,
         bus.events.clone(),
+        bus.snapshots.clone(),
         config.stations.clone(),
         cameras,
         config.inference.thresholds.clone(),

@@ -4,17 +4,18 @@
 //!
 //! Ordering invariant: the caller gets its answer, and the core hears of the inspection,
 //! only after the record (and its image) is committed. Acknowledging upstream on that
-//! answer is therefore safe.
+//! answer is therefore safe. The answer also waits for the core's snapshot to include
+//! the record, so what a client reads next is consistent with what it was told.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::bus::{Event, InspectionSummary};
+use crate::bus::{Event, InspectionSummary, Snapshot};
 use crate::config::{StationConfig, ThresholdOverrides};
 use crate::core::decision::{self, ModelOutput};
 use crate::inference::{ImageInput, InferenceError, InferenceHandle};
@@ -65,6 +66,7 @@ pub struct Inspector {
     pub inference: InferenceHandle,
     pub storage: Storage,
     events: mpsc::Sender<Event>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     stations: Arc<BTreeMap<String, StationConfig>>,
     cameras: Arc<BTreeMap<String, CameraHandle>>,
     overrides: ThresholdOverrides,
@@ -75,11 +77,20 @@ impl Inspector {
         inference: InferenceHandle,
         storage: Storage,
         events: mpsc::Sender<Event>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
         stations: BTreeMap<String, StationConfig>,
         cameras: BTreeMap<String, CameraHandle>,
         overrides: ThresholdOverrides,
     ) -> Inspector {
-        Inspector { inference, storage, events, stations: Arc::new(stations), cameras: Arc::new(cameras), overrides }
+        Inspector {
+            inference,
+            storage,
+            events,
+            snapshots,
+            stations: Arc::new(stations),
+            cameras: Arc::new(cameras),
+            overrides,
+        }
     }
 
     pub fn station_ids(&self) -> impl Iterator<Item = &String> {
@@ -170,7 +181,21 @@ impl Inspector {
         };
         // The record is committed; if the core is already gone (shutdown), the counters
         // are rebuilt from storage at the next start.
-        let _ = self.events.send(Event::InspectionRecorded(summary)).await;
+        if self.events.send(Event::InspectionRecorded(summary)).await.is_ok() {
+            // Read-your-writes: answer only once the snapshot (REST, and later Modbus and
+            // OPC-UA) includes this record, so a client that got its answer never reads
+            // counters without it. The core drains its queue before stopping, so this
+            // wait ends during shutdown too; an error means the core is gone.
+            let mut snapshots = self.snapshots.clone();
+            let _ = snapshots
+                .wait_for(|s| {
+                    s.stations
+                        .get(&record.station_id)
+                        .and_then(|st| st.last.as_ref())
+                        .is_some_and(|l| l.seq >= record.seq)
+                })
+                .await;
+        }
         tracing::debug!(id = %record.id, station = record.station_id, decision = record.decision.as_str(), "inspection stored");
         Ok(record)
     }

@@ -40,7 +40,13 @@ pub async fn inspect_upload(
     State(state): State<ApiState>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|err| ApiError::new(err.status(), err.body_text()))?;
+    // The only rejection is a body that is not multipart/form-data with a boundary.
+    let mut multipart = multipart.map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send multipart/form-data with a `file` field (and optional station_id, part_id)",
+        )
+    })?;
     let mut file = None;
     let mut station_id = None;
     let mut part_id = None;

@@ -1,0 +1,106 @@
+//! Test harness: a daemon on a temporary state dir, and a small HTTP client for it.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stationd::app::RunningApp;
+use stationd::config::{Config, EMBEDDED_DEFAULTS};
+
+pub struct Daemon {
+    pub app: RunningApp,
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// The embedded defaults, with state under `state_dir` and the API on an ephemeral port.
+pub fn test_config(state_dir: &std::path::Path) -> Config {
+    let text = EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state_dir.display().to_string()))
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"");
+    Config::from_toml_str(&text).expect("test config is valid")
+}
+
+impl Daemon {
+    pub async fn start(state_dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(test_config(state_dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> Daemon {
+        let app = stationd::app::start(config).await.expect("daemon starts");
+        app.wait_ready().await.expect("daemon gets ready");
+        let addr = app.api_addr;
+        Daemon { app, addr, client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    pub async fn shutdown(self) -> bool {
+        self.app.shutdown().await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        if let Some(content_type) = content_type {
+            builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+        }
+        let response = self.client.request(builder.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, headers, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Bytes) {
+        let (status, _, body) = self.request(Method::GET, path, None, Vec::new()).await;
+        (status, body)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let (status, body) = self.get(path).await;
+        (status, serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body:?}")))
+    }
+
+    /// POST /api/v1/inspect with a multipart form.
+    pub async fn upload(
+        &self,
+        file: &[u8],
+        content_type: &str,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, serde_json::Value) {
+        let (boundary, body) = multipart(file, content_type, fields);
+        let (status, _, body) = self
+            .request(Method::POST, "/api/v1/inspect", Some(&format!("multipart/form-data; boundary={boundary}")), body)
+            .await;
+        (status, serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}")))
+    }
+}
+
+pub fn multipart(file: &[u8], content_type: &str, fields: &[(&str, &str)]) -> (&'static str, Vec<u8>) {
+    let boundary = "stationd-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"part\"\r\nContent-Type: {content_type}\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (boundary, body)
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(format!("examples/parts/{name}")).expect("sample image")
+}
