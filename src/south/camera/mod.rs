@@ -43,7 +43,9 @@ impl CameraError {
 }
 
 /// What a camera can do. Blocking by design: the adapter gives each backend its own thread.
-pub trait FrameSource: Send + 'static {
+/// Not `Send`: camera stacks (nokhwa's V4L2 handle among them) are tied to the thread that
+/// opened them, so [`spawn`] opens the source on the thread that then owns it.
+pub trait FrameSource: 'static {
     /// The newest frame: never one that was waiting in a driver buffer since before the call.
     fn capture(&mut self) -> Result<Frame, CameraError>;
 }

@@ -1,0 +1,139 @@
+//! `cargo bench --bench inspect`: end-to-end `POST /api/v1/inspect` latency of the real
+//! daemon binary (a child process on its embedded defaults, state in a temp dir), the
+//! daemon's overhead over pure model inference, and its idle RSS. Prints figures; the
+//! targets they are judged against live in the closing notes, not in timed tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const WARMUP: usize = 20;
+const ITERATIONS: usize = 300;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn report(name: &str, mut samples: Vec<f64>) {
+    samples.sort_by(f64::total_cmp);
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    eprintln!(
+        "{name:<42} n={:<4} mean={mean:>7.2} ms  p50={:>7.2} ms  p99={:>7.2} ms",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let sample = std::fs::read("examples/parts/01_scratch.jpg").expect("run from the crate root");
+
+    // Pure inference: decode excluded, preprocessing included, as the daemon measures it.
+    let model = stationd::inference::Model::load(std::path::Path::new("models/parts-classifier")).unwrap();
+    let decoded = image::load_from_memory(&sample).unwrap().into_rgb8();
+    for _ in 0..WARMUP {
+        model.run(&decoded).unwrap();
+    }
+    let pure: Vec<f64> = (0..ITERATIONS)
+        .map(|_| {
+            let started = Instant::now();
+            model.run(&decoded).unwrap();
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    drop(model);
+
+    // The daemon, as a separate process.
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("stationd.toml");
+    let text = stationd::config::EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().join("state").display().to_string()))
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start stationd");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("addr=") {
+            addr = Some(line[at + 5..].split_whitespace().next().unwrap().to_owned());
+        }
+        if line.contains("stationd ready") {
+            break;
+        }
+    }
+    let addr = addr.expect("the daemon logs its API address");
+    // Keep draining the child's log so it never blocks on a full pipe. A bench helper
+    // thread, not a daemon service: the supervisor rule does not apply here.
+    #[allow(clippy::disallowed_methods)]
+    let drain = std::thread::spawn(move || for _ in lines {});
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let idle_rss = rss_kib(child.id());
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (e2e, overhead) = runtime.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let boundary = "bench-boundary";
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(&sample);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let body = Bytes::from(body);
+        let (mut e2e, mut overhead) = (Vec::new(), Vec::new());
+        for i in 0..WARMUP + ITERATIONS {
+            let request = Request::post(format!("http://{addr}/api/v1/inspect"))
+                .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let started = Instant::now();
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), 201);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            if i >= WARMUP {
+                e2e.push(elapsed);
+                overhead.push(elapsed - json["inference_time_ms"].as_f64().unwrap());
+            }
+        }
+        (e2e, overhead)
+    });
+    let busy_rss = rss_kib(child.id());
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let exit = child.wait().unwrap();
+    drain.join().unwrap();
+
+    eprintln!("\nstationd inspect bench ({} iterations, 128x128 JPEG, bundled parts-classifier)", ITERATIONS);
+    report("pure inference (tract, preprocess + run)", pure);
+    report("POST /api/v1/inspect end to end (HTTP)", e2e);
+    report("daemon overhead (end to end - inference)", overhead);
+    eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
+    eprintln!("daemon exit after SIGTERM: {exit}");
+}
