@@ -64,7 +64,10 @@ fn main() {
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("stationd.toml");
     let text = stationd::config::EMBEDDED_DEFAULTS
-        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().join("state").display().to_string()))
+        .replace(
+            "state_dir = \"./var\"",
+            &format!("state_dir = {:?}", state.path().join("state").display().to_string()),
+        )
         .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"");
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
@@ -85,6 +88,7 @@ fn main() {
         if line.contains("stationd ready") {
             break;
         }
+        assert!(!line.contains("started degraded"), "the daemon under test started degraded: {line}");
     }
     let addr = addr.expect("the daemon logs its API address");
     // Keep draining the child's log so it never blocks on a full pipe. A bench helper

@@ -18,7 +18,7 @@ use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
-use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
+use crate::supervisor::{Phase, Readiness, ServiceError, ServiceState, Supervisor};
 use crate::{core_task, inference, storage};
 
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
@@ -135,13 +135,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let app = start(config).await?;
     let failed = app.supervisor.failed();
     tokio::pin!(shutdown);
-    let outcome = tokio::select! {
-        ready = app.wait_ready() => ready,
-        () = &mut shutdown => Ok(()),
+    let settled = tokio::select! {
+        () = app.readiness.wait_all_settled() => true,
+        () = failed.cancelled() => false,
+        () = &mut shutdown => false,
     };
-    if outcome.is_ok() && !failed.is_cancelled() {
+    if settled {
+        // Start-up is over: tell systemd, even if some device is degraded; /ready and the
+        // log say which, and the daemon keeps serving what it can.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        tracing::info!(api = %app.api_addr, "stationd ready");
+        if app.readiness.all_ready() {
+            tracing::info!(api = %app.api_addr, "stationd ready");
+        } else {
+            let degraded: Vec<String> = app
+                .readiness
+                .report()
+                .into_iter()
+                .filter_map(|(name, state)| match state {
+                    ServiceState::Degraded(reason) => Some(format!("{name}: {reason}")),
+                    _ => None,
+                })
+                .collect();
+            tracing::error!(api = %app.api_addr, ?degraded, "stationd started degraded");
+        }
         tokio::select! {
             () = &mut shutdown => tracing::info!("shutdown requested"),
             () = failed.cancelled() => {}
@@ -151,7 +167,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if failed.is_cancelled() {
         anyhow::bail!("a service failed; stopped (see the log above)");
     }
-    outcome?;
     if !clean {
         anyhow::bail!("shutdown overran its deadline");
     }

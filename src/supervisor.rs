@@ -51,19 +51,34 @@ impl ServiceError {
     }
 }
 
-/// Handed to each service: its cancellation token and its readiness flag.
+/// What a service says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    Starting,
+    Ready,
+    /// Up, but cannot do its job (a camera that will not open, a model that will not
+    /// load). The daemon keeps running so records and health stay reachable; `/ready`
+    /// answers 503 with the reason.
+    Degraded(String),
+}
+
+/// Handed to each service: its cancellation token and its readiness state.
 pub struct ServiceContext {
     pub name: String,
     /// Cancelled when the service's shutdown phase begins. Services stop taking new work
     /// when it fires and finish what they hold.
     pub token: CancellationToken,
-    /// Flipped once by the service when it can do its job.
-    ready: watch::Sender<bool>,
+    /// Set by the service as it starts, recovers or degrades.
+    state: watch::Sender<ServiceState>,
 }
 
 impl ServiceContext {
     pub fn set_ready(&self) {
-        self.ready.send_replace(true);
+        self.state.send_replace(ServiceState::Ready);
+    }
+
+    pub fn set_degraded(&self, reason: impl Into<String>) {
+        self.state.send_replace(ServiceState::Degraded(reason.into()));
     }
 }
 
@@ -75,35 +90,45 @@ struct Service {
     exited: CancellationToken,
 }
 
-/// Which services are ready. Cheap to clone; shared with `/ready` and sd_notify.
+/// Every service's state. Cheap to clone; shared with `/ready` and sd_notify.
 #[derive(Clone, Default)]
 pub struct Readiness {
     // A leaf cache: locked briefly to list or register, never across an await.
     services: Arc<Mutex<Vec<ServiceReadiness>>>,
 }
 
-/// A service's name and its readiness flag.
-type ServiceReadiness = (String, watch::Receiver<bool>);
+/// A service's name and its state.
+type ServiceReadiness = (String, watch::Receiver<ServiceState>);
 
 impl Readiness {
-    pub fn report(&self) -> Vec<(String, bool)> {
+    pub fn report(&self) -> Vec<(String, ServiceState)> {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        services.iter().map(|(name, rx)| (name.clone(), *rx.borrow())).collect()
+        services.iter().map(|(name, rx)| (name.clone(), rx.borrow().clone())).collect()
     }
 
     pub fn all_ready(&self) -> bool {
-        self.report().iter().all(|(_, ready)| *ready)
+        self.report().iter().all(|(_, state)| *state == ServiceState::Ready)
     }
 
+    /// Resolves when every service is ready.
     pub async fn wait_all_ready(&self) {
+        self.wait_all(|state| *state == ServiceState::Ready).await;
+    }
+
+    /// Resolves when no service is still starting: start-up is over, whether every
+    /// service made it or some are degraded. This is when systemd hears READY=1.
+    pub async fn wait_all_settled(&self) {
+        self.wait_all(|state| *state != ServiceState::Starting).await;
+    }
+
+    async fn wait_all(&self, done: impl Fn(&ServiceState) -> bool) {
         let receivers: Vec<_> = {
             let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
             services.iter().map(|(_, rx)| rx.clone()).collect()
         };
         for mut rx in receivers {
-            // An error means the service ended before it was ready; readiness then never
-            // comes, and the failure path shuts the process down.
-            if rx.wait_for(|ready| *ready).await.is_err() {
+            // An error means the service ended first; the failure path shuts down.
+            if rx.wait_for(&done).await.is_err() {
                 std::future::pending::<()>().await;
             }
         }
@@ -147,11 +172,11 @@ impl Supervisor {
     fn register(&mut self, name: String, phase: Phase) -> (ServiceContext, Exit) {
         let token = CancellationToken::new();
         let exited = CancellationToken::new();
-        let (ready_tx, ready_rx) = watch::channel(false);
-        self.readiness.services.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), ready_rx));
+        let (state_tx, state_rx) = watch::channel(ServiceState::Starting);
+        self.readiness.services.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), state_rx));
         self.services.push(Service { name: name.clone(), phase, token: token.clone(), exited: exited.clone() });
         let exit = Exit { name: name.clone(), token: token.clone(), exited, failed: self.failed.clone() };
-        (ServiceContext { name, token, ready: ready_tx }, exit)
+        (ServiceContext { name, token, state: state_tx }, exit)
     }
 
     /// Runs an async service on the runtime.

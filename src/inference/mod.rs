@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tract_onnx::prelude::*;
 
 use crate::core::decision::ModelOutput;
-use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+use crate::supervisor::{Phase, ServiceContext, Supervisor};
 pub use spec::{ModelSpec, Task};
 
 /// Why a model could not be loaded or run.
@@ -226,7 +226,8 @@ impl InferenceHandle {
 const JOB_QUEUE: usize = 64;
 
 /// Starts `threads` inference threads. The first loads the model; the others wait for it.
-/// A model that fails to load makes the service fail (and the daemon exit non-zero).
+/// A model that fails to load leaves the service degraded: inspections get 503 and
+/// `/ready` names the cause, while records, health and statistics stay available.
 pub fn spawn(supervisor: &mut Supervisor, model_dir: PathBuf, threads: usize) -> InferenceHandle {
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
     let (model_tx, model_rx) = watch::channel(None);
@@ -246,19 +247,34 @@ pub fn spawn(supervisor: &mut Supervisor, model_dir: PathBuf, threads: usize) ->
                     let started = Instant::now();
                     let loaded = Model::load(&model_dir).map(Arc::new);
                     shared.finish_loading(loaded.as_ref().ok().cloned());
-                    let model = loaded.map_err(ServiceError::new)?;
-                    tracing::info!(
-                        model = model.spec.name,
-                        version = model.spec.version,
-                        load_ms = started.elapsed().as_millis() as u64,
-                        "model loaded"
-                    );
-                    model_tx.send_replace(Some(Arc::new(ModelInfo { spec: model.spec.clone(), dir: model_dir })));
-                    model
+                    match loaded {
+                        Ok(model) => {
+                            tracing::info!(
+                                model = model.spec.name,
+                                version = model.spec.version,
+                                load_ms = started.elapsed().as_millis() as u64,
+                                "model loaded"
+                            );
+                            model_tx.send_replace(Some(Arc::new(ModelInfo { spec: model.spec.clone(), dir: model_dir })));
+                            model
+                        }
+                        Err(err) => {
+                            // No model, no inspections; but the station stays up, its
+                            // records readable and the reason on /ready.
+                            tracing::error!(cause = %err, dir = %model_dir.display(), "model not loaded; inspections refused");
+                            ctx.set_degraded(format!("model not loaded: {err}"));
+                            refuse_until_stop(&shared);
+                            return Ok(());
+                        }
+                    }
                 } else {
                     match shared.wait_loaded() {
                         Some(model) => model,
-                        None => return Ok(()),
+                        None => {
+                            ctx.set_degraded("model not loaded");
+                            refuse_until_stop(&shared);
+                            return Ok(());
+                        }
                     }
                 };
                 ctx.set_ready();
@@ -317,6 +333,19 @@ fn serve(shared: &SharedQueue, model: &Model) {
         match job {
             Some(Job::Infer { image, reply }) => {
                 let _ = reply.send(infer_one(model, image));
+            }
+            Some(Job::Stop) | None => return,
+        }
+    }
+}
+
+/// Without a model: answers every job with `NotReady` until stopped.
+fn refuse_until_stop(shared: &SharedQueue) {
+    loop {
+        let job = shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+        match job {
+            Some(Job::Infer { reply, .. }) => {
+                let _ = reply.send(Err(InferenceError::NotReady));
             }
             Some(Job::Stop) | None => return,
         }

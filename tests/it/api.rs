@@ -174,3 +174,46 @@ async fn counters_and_pass_rate_survive_a_restart() {
     assert_eq!(after["stations"][0]["pass_rate_1h"], 75.0);
     assert!(daemon.shutdown().await);
 }
+
+/// A corrupt model and a camera that will not open must not take the station down: its
+/// records and health stay reachable and /ready says exactly what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_model_and_missing_camera_degrade_instead_of_crashing() {
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path()).await;
+    let (status, _) = daemon.upload(&sample("00_ok.jpg"), "image/jpeg", &[]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(daemon.shutdown().await);
+
+    let broken = tempfile::tempdir().unwrap();
+    let model_dir = broken.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::copy("models/parts-classifier/model.toml", model_dir.join("model.toml")).unwrap();
+    let onnx = std::fs::read("models/parts-classifier/model.onnx").unwrap();
+    std::fs::write(model_dir.join("model.onnx"), &onnx[..onnx.len() / 2]).unwrap();
+    let empty_camera = broken.path().join("frames");
+    std::fs::create_dir(&empty_camera).unwrap();
+    let mut config = crate::support::test_config(state.path());
+    config.inference.model_dir = model_dir;
+    config.cameras.insert(
+        "cam0".into(),
+        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty_camera } },
+    );
+
+    let daemon = Daemon::start_settled(config).await;
+    assert_eq!(daemon.get("/api/v1/health").await.0, StatusCode::OK);
+    let (status, ready) = daemon.get_json("/api/v1/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("degraded")), "{ready}");
+    assert_eq!(ready["services"]["storage"]["state"], "ready");
+    let model_detail = ready["services"]["inference-0"]["detail"].as_str().unwrap();
+    assert!(model_detail.contains("model not loaded") && model_detail.contains("model.onnx"), "{model_detail}");
+    assert!(ready["services"]["camera[cam0]"]["detail"].as_str().unwrap().contains("no images"), "{ready}");
+
+    let (status, body) = daemon.upload(&sample("00_ok.jpg"), "image/jpeg", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _, _) = daemon.request(Method::POST, "/api/v1/inspect/camera", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, list) = daemon.get_json("/api/v1/inspections").await;
+    assert_eq!((status, list["total"].as_u64()), (StatusCode::OK, Some(1)), "records stay readable");
+    assert!(daemon.shutdown().await);
+}

@@ -37,6 +37,15 @@ impl Daemon {
         Daemon { app, addr, client: Client::builder(TokioExecutor::new()).build_http() }
     }
 
+    /// Starts without waiting for every service to be ready: start-up is over when none is
+    /// still starting (some may be degraded).
+    pub async fn start_settled(config: Config) -> Daemon {
+        let app = stationd::app::start(config).await.expect("daemon starts");
+        app.readiness.wait_all_settled().await;
+        let addr = app.api_addr;
+        Daemon { app, addr, client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
     pub async fn shutdown(self) -> bool {
         self.app.shutdown().await
     }

@@ -16,8 +16,16 @@ pub struct Health {
 
 #[derive(Serialize)]
 pub struct Ready {
+    /// "ready", "starting" or "degraded".
     pub status: &'static str,
-    pub services: BTreeMap<String, bool>,
+    pub services: BTreeMap<String, ServiceStateDto>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceStateDto {
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Serialize)]

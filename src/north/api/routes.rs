@@ -15,22 +15,43 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::dto::{Health, InspectionDto, InspectionList, Ready, StationDto, StationList, StatisticsDto, TrendsDto};
+use super::dto::{
+    Health, InspectionDto, InspectionList, Ready, ServiceStateDto, StationDto, StationList, StatisticsDto, TrendsDto,
+};
 use super::error::ApiError;
 use crate::core::decision::Decision;
 use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
 use crate::storage::{ListFilter, TrendInterval};
+use crate::supervisor::ServiceState;
 
 pub async fn health() -> Json<Health> {
     Json(Health { status: "healthy", version: env!("CARGO_PKG_VERSION") })
 }
 
 pub async fn ready(State(state): State<ApiState>) -> Response {
-    let services: BTreeMap<String, bool> = state.readiness.report().into_iter().collect();
-    let all = services.values().all(|r| *r);
-    let body = Ready { status: if all { "ready" } else { "starting" }, services };
+    let report = state.readiness.report();
+    let degraded = report.iter().any(|(_, s)| matches!(s, ServiceState::Degraded(_)));
+    let all = report.iter().all(|(_, s)| *s == ServiceState::Ready);
+    let services: BTreeMap<String, ServiceStateDto> = report
+        .into_iter()
+        .map(|(name, state)| {
+            let dto = match state {
+                ServiceState::Starting => ServiceStateDto { state: "starting", detail: None },
+                ServiceState::Ready => ServiceStateDto { state: "ready", detail: None },
+                ServiceState::Degraded(reason) => ServiceStateDto { state: "degraded", detail: Some(reason) },
+            };
+            (name, dto)
+        })
+        .collect();
+    let status_text = if all {
+        "ready"
+    } else if degraded {
+        "degraded"
+    } else {
+        "starting"
+    };
     let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
+    (status, Json(Ready { status: status_text, services })).into_response()
 }
 
 /// Largest station_id / part_id form values, bytes.

@@ -7,12 +7,13 @@ pub mod sim;
 pub mod v4l2;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use image::RgbImage;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+use crate::supervisor::{Phase, ServiceContext, Supervisor};
 
 /// A captured frame.
 #[derive(Debug, Clone)]
@@ -84,33 +85,57 @@ impl CameraHandle {
     }
 }
 
-/// Starts the thread owning camera `id`. `open` runs on that thread, so that a slow or
-/// failing open does not hold up the rest of the daemon.
-pub fn spawn<S, F>(supervisor: &mut Supervisor, id: String, open: F) -> CameraHandle
+/// How long a camera that would not open waits before the next attempt (made when a
+/// capture is requested).
+const REOPEN_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Starts the thread owning camera `id`. `open` runs on that thread (camera handles stay on
+/// the thread that opened them), at start and again on a capture after a failed open, at
+/// most once per `REOPEN_BACKOFF`. A camera that will not open leaves its service degraded,
+/// never the daemon down: uploads and records do not need it.
+pub fn spawn<S, F>(supervisor: &mut Supervisor, id: String, mut open: F) -> CameraHandle
 where
     S: FrameSource,
-    F: FnOnce() -> Result<S, CameraError> + Send + 'static,
+    F: FnMut() -> Result<S, CameraError> + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel(8);
     let (state_tx, state_rx) = watch::channel(CameraState::Starting);
     let stop_tx = tx.clone();
+    let camera_id = id.clone();
     supervisor.spawn_thread(
         format!("camera[{id}]"),
         Phase::Devices,
         move |ctx: ServiceContext| {
-            let mut source = match open() {
-                Ok(source) => source,
+            let mut try_open = || match open() {
+                Ok(source) => {
+                    state_tx.send_replace(CameraState::Ready);
+                    ctx.set_ready();
+                    Some(source)
+                }
                 Err(err) => {
+                    tracing::error!(camera = camera_id, cause = %err, "camera unavailable");
                     state_tx.send_replace(CameraState::Failed(err.to_string()));
-                    return Err(ServiceError::new(err));
+                    ctx.set_degraded(err.to_string());
+                    None
                 }
             };
-            state_tx.send_replace(CameraState::Ready);
-            ctx.set_ready();
+            let mut source = try_open();
+            let mut last_attempt = Instant::now();
             while let Some(request) = rx.blocking_recv() {
                 match request {
                     Request::Capture(reply) => {
-                        let _ = reply.send(source.capture());
+                        if source.is_none() && last_attempt.elapsed() >= REOPEN_BACKOFF {
+                            last_attempt = Instant::now();
+                            source = try_open();
+                            if source.is_some() {
+                                tracing::warn!(camera = camera_id, "camera opened after a failure");
+                            }
+                        }
+                        let result = match source.as_mut() {
+                            Some(source) => source.capture(),
+                            None => Err(CameraError::Disconnected { camera: camera_id.clone() }),
+                        };
+                        let _ = reply.send(result);
                     }
                     Request::Stop => break,
                 }
