@@ -297,3 +297,88 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder(log: &Arc<Mutex<Vec<String>>>, name: &str) -> impl Fn(&str) + Send + 'static {
+        let (log, name) = (log.clone(), name.to_owned());
+        move |what: &str| log.lock().unwrap().push(format!("{name} {what}"))
+    }
+
+    // Real time: a paused clock would auto-advance past the deadline while the runtime
+    // waits on the OS thread.
+    #[tokio::test]
+    async fn phases_stop_in_order_and_threads_get_their_stop() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut supervisor = Supervisor::new();
+        // Registered out of order on purpose.
+        for (name, phase) in [("storage", Phase::Storage), ("api", Phase::Intake), ("core", Phase::Core)] {
+            let record = recorder(&log, name);
+            supervisor.spawn(name, phase, move |ctx| async move {
+                ctx.set_ready();
+                ctx.token.cancelled().await;
+                record("stopped");
+                Ok(())
+            });
+        }
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let record = recorder(&log, "camera");
+        supervisor.spawn_thread(
+            "camera",
+            Phase::Devices,
+            move |ctx: ServiceContext| {
+                ctx.set_ready();
+                stop_rx.recv().unwrap();
+                record("stopped");
+                Ok(())
+            },
+            async move { stop_tx.send(()).unwrap() },
+        );
+        let readiness = supervisor.readiness();
+        readiness.wait_all_ready().await;
+        assert!(readiness.all_ready());
+        assert!(supervisor.shutdown(Duration::from_secs(5)).await);
+        assert_eq!(*log.lock().unwrap(), ["api stopped", "camera stopped", "core stopped", "storage stopped"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_ignores_cancellation_overruns_the_deadline() {
+        let mut supervisor = Supervisor::new();
+        supervisor.spawn("stuck", Phase::Core, |_ctx| std::future::pending());
+        assert!(!supervisor.shutdown(Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn failures_and_panics_fire_the_failed_token() {
+        for kind in ["error", "panic", "early return"] {
+            let mut supervisor = Supervisor::new();
+            let failed = supervisor.failed();
+            supervisor.spawn("flaky", Phase::Core, move |_ctx| async move {
+                match kind {
+                    "error" => Err(ServiceError::new("device gone")),
+                    "panic" => panic!("logic bug"),
+                    _ => Ok(()),
+                }
+            });
+            failed.cancelled().await;
+            assert!(supervisor.shutdown(Duration::from_secs(1)).await, "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn degraded_services_settle_but_are_not_ready() {
+        let mut supervisor = Supervisor::new();
+        supervisor.spawn("camera", Phase::Devices, |ctx| async move {
+            ctx.set_degraded("no images");
+            ctx.token.cancelled().await;
+            Ok(())
+        });
+        let readiness = supervisor.readiness();
+        readiness.wait_all_settled().await;
+        assert!(!readiness.all_ready());
+        assert_eq!(readiness.report(), [("camera".to_owned(), ServiceState::Degraded("no images".into()))]);
+        assert!(supervisor.shutdown(Duration::from_secs(1)).await);
+    }
+}
