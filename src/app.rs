@@ -58,7 +58,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
                     format: *format,
                 };
                 let id2 = id.clone();
-                camera::spawn(&mut supervisor, id.clone(), move || camera::v4l2::V4l2Camera::open(&id2, settings))
+                camera::spawn(&mut supervisor, id.clone(), move || {
+                    camera::v4l2::V4l2Camera::open(&id2, settings.clone())
+                })
             }
             #[cfg(not(feature = "camera-v4l2"))]
             CameraBackend::V4l2 { .. } => anyhow::bail!(
