@@ -17,6 +17,7 @@ use crate::config::{CameraBackend, Config};
 use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
+use crate::north::modbus;
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
 use crate::supervisor::{Phase, Readiness, ServiceError, ServiceState, Supervisor};
 use crate::{core_task, inference, storage};
@@ -24,6 +25,8 @@ use crate::{core_task, inference, storage};
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
 pub struct RunningApp {
     pub api_addr: SocketAddr,
+    /// `None` when the Modbus server is disabled.
+    pub modbus_addr: Option<SocketAddr>,
     pub readiness: Readiness,
     pub bus: Bus,
     /// Number of REST requests being served.
@@ -92,6 +95,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         cameras,
         config.inference.thresholds.clone(),
     );
+    let modbus_addr = match &config.modbus {
+        Some(modbus) => {
+            let listener = modbus::bind(modbus.bind)
+                .await
+                .with_context(|| format!("cannot bind the Modbus server to {}", modbus.bind))?;
+            let addr = listener.local_addr()?;
+            let readiness = supervisor.readiness();
+            modbus::spawn(
+                &mut supervisor,
+                listener,
+                modbus.clone(),
+                inspector.clone(),
+                bus.snapshots.clone(),
+                readiness,
+            );
+            Some(addr)
+        }
+        None => None,
+    };
     let listener =
         api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
     let api_addr = listener.local_addr()?;
@@ -107,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
 
     Ok(RunningApp {
         api_addr,
+        modbus_addr,
         readiness: supervisor.readiness(),
         bus,
         in_flight: in_flight_rx,

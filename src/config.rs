@@ -34,6 +34,21 @@ pub struct Config {
     pub cameras: BTreeMap<String, CameraConfig>,
     /// Keyed by station id.
     pub stations: BTreeMap<String, StationConfig>,
+    /// `None` when the Modbus server is disabled.
+    pub modbus: Option<ModbusConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusConfig {
+    pub bind: SocketAddr,
+    /// Client IPs allowed to connect; empty means any.
+    pub allow: Vec<std::net::IpAddr>,
+    /// Results held per unit (in flight plus waiting for the PLC's ResultsAck).
+    pub results_depth: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Unit id → station id.
+    pub units: BTreeMap<u8, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,8 +99,10 @@ pub enum PixelFormat {
 
 #[derive(Debug, Clone)]
 pub struct StationConfig {
-    /// Camera used by `POST /inspect/camera` for this station, if any.
+    /// Camera used by `POST /inspect/camera` and PLC triggers for this station, if any.
     pub camera: Option<String>,
+    /// Modbus unit id of this station (defaults to 1 when it is the only station).
+    pub modbus_unit: Option<u8>,
 }
 
 /// A configuration problem, with the key path it concerns.
@@ -174,6 +191,28 @@ pub(crate) struct RawConfig {
     cameras: BTreeMap<String, RawCamera>,
     #[serde(default)]
     stations: BTreeMap<String, RawStation>,
+    modbus: Option<RawModbus>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModbus {
+    enabled: bool,
+    bind: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default = "default_results_depth")]
+    results_depth: usize,
+    #[serde(default = "default_idle_timeout_s")]
+    idle_timeout_s: u64,
+}
+
+fn default_idle_timeout_s() -> u64 {
+    60
+}
+
+fn default_results_depth() -> usize {
+    8
 }
 
 fn default_shutdown_deadline_ms() -> u64 {
@@ -239,6 +278,7 @@ struct RawCamera {
 #[serde(deny_unknown_fields)]
 struct RawStation {
     camera: Option<String>,
+    modbus_unit: Option<u8>,
 }
 
 impl RawConfig {
@@ -312,8 +352,12 @@ impl RawConfig {
                     format!("no camera {camera:?} under [cameras]"),
                 ));
             }
-            stations.insert(id, StationConfig { camera: raw.camera });
+            stations.insert(id, StationConfig { camera: raw.camera, modbus_unit: raw.modbus_unit });
         }
+        let modbus = match self.modbus {
+            Some(raw) if raw.enabled => Some(raw.validate(&stations)?),
+            _ => None,
+        };
 
         Ok(Config {
             state_dir: self.state_dir,
@@ -330,6 +374,58 @@ impl RawConfig {
             },
             cameras,
             stations,
+            modbus,
+        })
+    }
+}
+
+impl RawModbus {
+    fn validate(self, stations: &BTreeMap<String, StationConfig>) -> Result<ModbusConfig, ConfigError> {
+        let bind: SocketAddr = self
+            .bind
+            .parse()
+            .map_err(|_| ConfigError::invalid("modbus.bind", format!("{:?} is not an address:port", self.bind)))?;
+        let allow = self
+            .allow
+            .iter()
+            .map(|ip| {
+                ip.parse().map_err(|_| ConfigError::invalid("modbus.allow", format!("{ip:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(1..=64).contains(&self.results_depth) {
+            return Err(ConfigError::invalid("modbus.results_depth", "must be between 1 and 64"));
+        }
+        if !(1..=3600).contains(&self.idle_timeout_s) {
+            return Err(ConfigError::invalid("modbus.idle_timeout_s", "must be between 1 and 3600"));
+        }
+        let mut units = BTreeMap::new();
+        for (id, station) in stations {
+            let unit = match (station.modbus_unit, stations.len()) {
+                (Some(unit), _) => unit,
+                (None, 1) => 1,
+                (None, _) => {
+                    return Err(ConfigError::invalid(
+                        format!("stations.{id}.modbus_unit"),
+                        "is required when several stations share the Modbus server",
+                    ));
+                }
+            };
+            if !(1..=247).contains(&unit) {
+                return Err(ConfigError::invalid(format!("stations.{id}.modbus_unit"), "must be between 1 and 247"));
+            }
+            if let Some(other) = units.insert(unit, id.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("stations.{id}.modbus_unit"),
+                    format!("unit {unit} is already used by station {other:?}"),
+                ));
+            }
+        }
+        Ok(ModbusConfig {
+            bind,
+            allow,
+            results_depth: self.results_depth,
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            units,
         })
     }
 }
@@ -437,42 +533,59 @@ mod tests {
         config.check_files().unwrap();
     }
 
-    /// Every key RawConfig knows is documented in the reference file (rust-analyzer's
-    /// generated-docs test, by hand): a key added to the code must be added there too.
+    /// Every key RawConfig knows is documented in the reference file, in its table
+    /// (rust-analyzer's generated-docs test, by hand): a key added to the code must be
+    /// added there too. Commented-out keys count as documented.
     #[test]
     fn reference_config_documents_every_key() {
+        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus"];
         let keys = [
-            "state_dir",
-            "shutdown_deadline_ms",
-            "[log]",
-            "filter",
-            "[api]",
-            "bind",
-            "max_upload_mb",
-            "[inference]",
-            "model_dir",
-            "threads",
-            "pass_threshold",
-            "fail_threshold",
-            "[cameras.",
-            "backend",
-            "folder",
-            "device",
-            "width",
-            "height",
-            "fps",
-            "format",
-            "[stations.",
-            "camera",
+            ("", "state_dir"),
+            ("", "shutdown_deadline_ms"),
+            ("log", "filter"),
+            ("api", "bind"),
+            ("api", "max_upload_mb"),
+            ("inference", "model_dir"),
+            ("inference", "threads"),
+            ("inference", "pass_threshold"),
+            ("inference", "fail_threshold"),
+            ("cameras.", "backend"),
+            ("cameras.", "folder"),
+            ("cameras.", "device"),
+            ("cameras.", "width"),
+            ("cameras.", "height"),
+            ("cameras.", "fps"),
+            ("cameras.", "format"),
+            ("stations.", "camera"),
+            ("stations.", "modbus_unit"),
+            ("modbus", "enabled"),
+            ("modbus", "bind"),
+            ("modbus", "allow"),
+            ("modbus", "results_depth"),
+            ("modbus", "idle_timeout_s"),
         ];
-        for key in keys {
-            let documented = REFERENCE.lines().any(|line| {
-                let line = line.trim_start_matches(['#', ' ']);
-                line.starts_with(key)
-            });
-            assert!(documented, "{key} is missing from etc/stationd.toml");
+        let mut documented = std::collections::HashSet::new();
+        let mut table = String::new();
+        for line in REFERENCE.lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = header.to_owned();
+                continue;
+            }
+            for (key_table, key) in keys {
+                let in_table = if key_table.ends_with('.') { table.starts_with(key_table) } else { table == key_table };
+                if in_table && line.starts_with(&format!("{key} ")) {
+                    documented.insert((key_table, key));
+                }
+            }
         }
-        // And the list above is complete: count the serde fields of the raw structs.
+        for pair in keys {
+            assert!(documented.contains(&pair), "{pair:?} is missing from etc/stationd.toml");
+        }
+        for table in tables {
+            assert!(REFERENCE.contains(&format!("[{table}")), "[{table}] is missing from etc/stationd.toml");
+        }
+        // And the lists above are complete: count the serde fields of the raw structs.
         let source = include_str!("config.rs");
         let raw_fields = source
             .split("struct Raw")
@@ -481,7 +594,7 @@ mod tests {
             .flat_map(|body| body.lines())
             .filter(|line| line.trim_end().ends_with(',') && line.contains(':'))
             .count();
-        assert_eq!(raw_fields, keys.len(), "update the key list of this test");
+        assert_eq!(raw_fields, keys.len() + tables.len(), "update the key lists of this test");
     }
 
     #[test]

@@ -3,3 +3,4 @@
 //! `north/<x>` knows protocol `<x>`'s identifiers and JSON shapes.
 
 pub mod api;
+pub mod modbus;

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod modbus;
 mod model;
 mod shutdown;
 mod support;
