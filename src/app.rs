@@ -17,7 +17,7 @@ use crate::config::{CameraBackend, Config};
 use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
-use crate::north::modbus;
+use crate::north::{modbus, mqtt};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
 use crate::supervisor::{Phase, Readiness, ServiceError, ServiceState, Supervisor};
 use crate::{core_task, inference, storage};
@@ -41,7 +41,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let mut supervisor = Supervisor::new();
     let (bus, core_ends) = bus::channels();
 
-    let storage = storage::spawn(&mut supervisor, config.state_dir.clone());
+    // Read the MQTT TLS files before anything starts: a bad file is a start-up error.
+    let mqtt_tls = match &config.mqtt {
+        Some(mqtt) => mqtt::tls_config(mqtt)?,
+        None => None,
+    };
+    let storage = storage::spawn(&mut supervisor, config.state_dir.clone(), config.mqtt.is_some());
     let inference = inference::spawn(&mut supervisor, config.inference.model_dir.clone(), config.inference.threads);
 
     let mut cameras: BTreeMap<String, CameraHandle> = BTreeMap::new();
@@ -86,6 +91,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         supervisor.spawn("watchdog", Phase::Intake, move |ctx| watchdog(interval, heartbeat_rx, ctx.token.clone()));
     }
 
+    let mqtt_handle = config.mqtt.clone().map(|mqtt| {
+        let station_ids: Vec<String> = config.stations.keys().cloned().collect();
+        mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications)
+    });
     let inspector = Inspector::new(
         inference,
         storage,
@@ -124,6 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         snapshots: bus.snapshots.clone(),
         max_upload_bytes: config.api.max_upload_bytes,
         in_flight: Arc::new(in_flight_tx),
+        mqtt: mqtt_handle,
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

@@ -36,6 +36,29 @@ pub struct Config {
     pub stations: BTreeMap<String, StationConfig>,
     /// `None` when the Modbus server is disabled.
     pub modbus: Option<ModbusConfig>,
+    /// `None` when MQTT publishing is disabled.
+    pub mqtt: Option<MqttConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Each station connects as `<client_id>-<station_id>` (its own last will).
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<MqttTls>,
+    pub keep_alive: Duration,
+    pub outbox_max_age: chrono::TimeDelta,
+    pub outbox_max_rows: u64,
+    pub outbox_warn_rows: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for brokers that authenticate clients by certificate.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +185,20 @@ impl Config {
                 return Err(ConfigError::invalid("inference.model_dir", format!("{} does not exist", path.display())));
             }
         }
+        if let Some(tls) = self.mqtt.as_ref().and_then(|m| m.tls.as_ref()) {
+            let files = [
+                ("mqtt.ca_file", Some(&tls.ca_file)),
+                ("mqtt.client_cert_file", tls.client_auth.as_ref().map(|c| &c.0)),
+                ("mqtt.client_key_file", tls.client_auth.as_ref().map(|c| &c.1)),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    return Err(ConfigError::invalid(key, format!("{} does not exist", path.display())));
+                }
+            }
+        }
         for (id, camera) in &self.cameras {
             if let CameraBackend::Sim { folder } = &camera.backend
                 && !folder.is_dir()
@@ -192,6 +229,118 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     stations: BTreeMap<String, RawStation>,
     modbus: Option<RawModbus>,
+    mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    enabled: bool,
+    host: String,
+    #[serde(default = "default_mqtt_port")]
+    port: u16,
+    #[serde(default = "default_client_id")]
+    client_id: String,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive_s")]
+    keep_alive_s: u64,
+    #[serde(default = "default_outbox_max_age_h")]
+    outbox_max_age_h: u64,
+    #[serde(default = "default_outbox_max_rows")]
+    outbox_max_rows: u64,
+    #[serde(default = "default_outbox_warn_rows")]
+    outbox_warn_rows: u64,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
+fn default_client_id() -> String {
+    "stationd".to_owned()
+}
+
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+fn default_outbox_max_age_h() -> u64 {
+    168
+}
+
+fn default_outbox_max_rows() -> u64 {
+    100_000
+}
+
+fn default_outbox_warn_rows() -> u64 {
+    1_000
+}
+
+impl RawMqtt {
+    fn validate(self) -> Result<MqttConfig, ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::invalid("mqtt.host", "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::invalid("mqtt.port", "must not be 0"));
+        }
+        check_id("mqtt.client_id", &self.client_id)?;
+        let credentials = match (self.username, self.password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::invalid("mqtt.password", "is required with mqtt.username")),
+            (None, Some(_)) => return Err(ConfigError::invalid("mqtt.username", "is required with mqtt.password")),
+        };
+        let tls = if self.tls {
+            let ca_file =
+                self.ca_file.ok_or_else(|| ConfigError::invalid("mqtt.ca_file", "is required when mqtt.tls = true"))?;
+            let client_auth = match (self.client_cert_file, self.client_key_file) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "mqtt.client_key_file",
+                        "client_cert_file and client_key_file go together",
+                    ));
+                }
+            };
+            Some(MqttTls { ca_file, client_auth })
+        } else {
+            for (key, set) in [
+                ("ca_file", self.ca_file.is_some()),
+                ("client_cert_file", self.client_cert_file.is_some()),
+                ("client_key_file", self.client_key_file.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(format!("mqtt.{key}"), "needs mqtt.tls = true"));
+                }
+            }
+            None
+        };
+        if !(5..=3600).contains(&self.keep_alive_s) {
+            return Err(ConfigError::invalid("mqtt.keep_alive_s", "must be between 5 and 3600"));
+        }
+        if self.outbox_max_age_h == 0 || self.outbox_max_rows == 0 {
+            return Err(ConfigError::invalid("mqtt.outbox_max_rows", "outbox limits must be > 0"));
+        }
+        Ok(MqttConfig {
+            host: self.host,
+            port: self.port,
+            client_id: self.client_id,
+            credentials,
+            tls,
+            keep_alive: Duration::from_secs(self.keep_alive_s),
+            outbox_max_age: chrono::TimeDelta::hours(self.outbox_max_age_h as i64),
+            outbox_max_rows: self.outbox_max_rows,
+            outbox_warn_rows: self.outbox_warn_rows,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +507,10 @@ impl RawConfig {
             Some(raw) if raw.enabled => Some(raw.validate(&stations)?),
             _ => None,
         };
+        let mqtt = match self.mqtt {
+            Some(raw) if raw.enabled => Some(raw.validate()?),
+            _ => None,
+        };
 
         Ok(Config {
             state_dir: self.state_dir,
@@ -375,6 +528,7 @@ impl RawConfig {
             cameras,
             stations,
             modbus,
+            mqtt,
         })
     }
 }
@@ -538,7 +692,7 @@ mod tests {
     /// added there too. Commented-out keys count as documented.
     #[test]
     fn reference_config_documents_every_key() {
-        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus"];
+        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt"];
         let keys = [
             ("", "state_dir"),
             ("", "shutdown_deadline_ms"),
@@ -563,6 +717,20 @@ mod tests {
             ("modbus", "allow"),
             ("modbus", "results_depth"),
             ("modbus", "idle_timeout_s"),
+            ("mqtt", "enabled"),
+            ("mqtt", "host"),
+            ("mqtt", "port"),
+            ("mqtt", "client_id"),
+            ("mqtt", "username"),
+            ("mqtt", "password"),
+            ("mqtt", "tls"),
+            ("mqtt", "ca_file"),
+            ("mqtt", "client_cert_file"),
+            ("mqtt", "client_key_file"),
+            ("mqtt", "keep_alive_s"),
+            ("mqtt", "outbox_max_age_h"),
+            ("mqtt", "outbox_max_rows"),
+            ("mqtt", "outbox_warn_rows"),
         ];
         let mut documented = std::collections::HashSet::new();
         let mut table = String::new();

@@ -32,12 +32,15 @@ pub enum Phase {
     /// The core finishes the events already queued.
     Core,
     Inference,
+    /// Publishers get their in-flight message acknowledged, say "offline" and disconnect.
+    Publish,
     /// Storage commits what is queued, checkpoints the WAL and closes.
     Storage,
 }
 
 impl Phase {
-    const ORDER: [Phase; 5] = [Phase::Intake, Phase::Devices, Phase::Core, Phase::Inference, Phase::Storage];
+    const ORDER: [Phase; 6] =
+        [Phase::Intake, Phase::Devices, Phase::Core, Phase::Inference, Phase::Publish, Phase::Storage];
 }
 
 /// Why a service stopped without being asked to.

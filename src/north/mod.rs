@@ -4,3 +4,4 @@
 
 pub mod api;
 pub mod modbus;
+pub mod mqtt;

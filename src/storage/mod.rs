@@ -133,6 +133,15 @@ pub struct Statistics {
     pub defect_breakdown: BTreeMap<String, u64>,
 }
 
+/// One undelivered MQTT message: what to announce and its per-station number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub seq: i64,
+    pub station_seq: i64,
+    /// `None` when the record was deleted before it could be announced.
+    pub record: Option<InspectionRecord>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrendInterval {
     Hour,
@@ -160,12 +169,15 @@ pub struct TrendBucket {
 pub struct Db {
     conn: Connection,
     images_root: PathBuf,
+    /// Whether records also get an MQTT outbox row (only while MQTT is enabled, so that
+    /// rows nobody will deliver do not pile up).
+    outbox: bool,
 }
 
 impl Db {
     /// Opens (creating if needed) `<state_dir>/stationd.db` and `<state_dir>/images`,
     /// applies migrations, checks integrity and removes orphan images.
-    pub fn open(state_dir: &Path) -> Result<Db, StorageError> {
+    pub fn open(state_dir: &Path, outbox: bool) -> Result<Db, StorageError> {
         std::fs::create_dir_all(state_dir)?;
         let images_root = state_dir.join("images");
         std::fs::create_dir_all(&images_root)?;
@@ -181,7 +193,7 @@ impl Db {
             return Err(StorageError::Corrupt(format!("quick_check: {check}")));
         }
         let applied = schema::migrate(&mut conn)?;
-        let db = Db { conn, images_root };
+        let db = Db { conn, images_root, outbox };
         let referenced = db.referenced_images()?;
         let removed = images::sweep_orphans(&db.images_root, &referenced)?;
         tracing::info!(
@@ -249,6 +261,14 @@ impl Db {
             ],
         )?;
         let seq = tx.last_insert_rowid();
+        if self.outbox {
+            tx.execute(
+                "INSERT INTO outbox (station_id, station_seq, kind, inspection_seq, created_at_ms)
+                 VALUES (?1, (SELECT COALESCE(MAX(station_seq), 0) + 1 FROM outbox WHERE station_id = ?1),
+                         'inspection', ?2, ?3)",
+                params![new.station_id, seq, new.inspected_at.timestamp_millis()],
+            )?;
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO defects (inspection_seq, class_name, confidence, x1, y1, x2, y2)
@@ -491,6 +511,69 @@ impl Db {
         Ok(history)
     }
 
+    /// The oldest undelivered outbox message of a station.
+    pub fn next_outbox(&self, station_id: &str) -> Result<Option<OutboxMessage>, StorageError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, station_seq, inspection_seq FROM outbox
+                 WHERE station_id = ?1 AND delivered_at_ms IS NULL ORDER BY seq LIMIT 1",
+            )?
+            .query_row([station_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+            .optional()?;
+        let Some((seq, station_seq, inspection_seq)) = row else { return Ok(None) };
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE seq = ?1");
+        let record = self.conn.query_row(&sql, [inspection_seq], read_record).optional()?;
+        let record = record.map(|r| self.with_defects(r)).transpose()?;
+        Ok(Some(OutboxMessage { seq, station_seq, record }))
+    }
+
+    pub fn mark_delivered(&mut self, outbox_seq: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
+        self.conn.execute(
+            "UPDATE outbox SET delivered_at_ms = ?2 WHERE seq = ?1 AND delivered_at_ms IS NULL",
+            params![outbox_seq, at.timestamp_millis()],
+        )?;
+        Ok(())
+    }
+
+    /// Undelivered messages of a station and the age of the oldest.
+    pub fn outbox_backlog(&self, station_id: &str) -> Result<(u64, Option<DateTime<Utc>>), StorageError> {
+        let (count, oldest): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE station_id = ?1 AND delivered_at_ms IS NULL",
+            [station_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((count as u64, oldest.and_then(DateTime::from_timestamp_millis)))
+    }
+
+    /// Applies the outbox retention: delivered rows go after an hour; undelivered rows
+    /// older than `max_age` or beyond `max_rows` per station go too (the records stay;
+    /// only their announcement is dropped). Returns how many undelivered rows were dropped.
+    pub fn prune_outbox(
+        &mut self,
+        station_id: &str,
+        now: DateTime<Utc>,
+        max_age: TimeDelta,
+        max_rows: u64,
+    ) -> Result<u64, StorageError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM outbox WHERE station_id = ?1 AND delivered_at_ms IS NOT NULL AND delivered_at_ms < ?2",
+            params![station_id, (now - TimeDelta::hours(1)).timestamp_millis()],
+        )?;
+        let mut dropped = tx.execute(
+            "DELETE FROM outbox WHERE station_id = ?1 AND delivered_at_ms IS NULL AND created_at_ms < ?2",
+            params![station_id, (now - max_age).timestamp_millis()],
+        )? as u64;
+        dropped += tx.execute(
+            "DELETE FROM outbox WHERE station_id = ?1 AND delivered_at_ms IS NULL AND seq NOT IN (
+                 SELECT seq FROM outbox WHERE station_id = ?1 AND delivered_at_ms IS NULL ORDER BY seq DESC LIMIT ?2)",
+            params![station_id, max_rows as i64],
+        )? as u64;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
     /// Moves the WAL into the database file; run at shutdown so the next start is quick.
     fn checkpoint(&self) -> Result<(), StorageError> {
         self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -633,14 +716,14 @@ impl Storage {
 
 /// Starts the storage thread. It opens the database (ready after that), serves calls in
 /// order, and on stop serves what was queued before the stop, checkpoints and closes.
-pub fn spawn(supervisor: &mut Supervisor, state_dir: PathBuf) -> Storage {
+pub fn spawn(supervisor: &mut Supervisor, state_dir: PathBuf, outbox: bool) -> Storage {
     let (tx, mut rx) = mpsc::channel(COMMAND_QUEUE);
     let stop_tx = tx.clone();
     supervisor.spawn_thread(
         "storage",
         Phase::Storage,
         move |ctx: ServiceContext| {
-            let mut db = Db::open(&state_dir).map_err(ServiceError::new)?;
+            let mut db = Db::open(&state_dir, outbox).map_err(ServiceError::new)?;
             ctx.set_ready();
             while let Some(command) = rx.blocking_recv() {
                 match command {
@@ -698,7 +781,7 @@ mod tests {
     #[test]
     fn pragmas_are_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
         let mode: String = db.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         let sync: i64 = db.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!((mode.as_str(), sync), ("wal", 2));
@@ -707,7 +790,7 @@ mod tests {
     #[test]
     fn insert_get_list_delete_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path()).unwrap();
+        let mut db = Db::open(dir.path(), false).unwrap();
         let mut new = new_inspection("a", Decision::Fail, t(0));
         new.defects = vec![Detection { class_name: "dent".into(), confidence: 0.7, bbox: [1.0, 2.0, 3.0, 4.0] }];
         let stored = db.insert_inspection(new).unwrap();
@@ -726,7 +809,7 @@ mod tests {
     #[test]
     fn statistics_and_trends() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path()).unwrap();
+        let mut db = Db::open(dir.path(), false).unwrap();
         for (h, d) in [(0, Decision::Pass), (0, Decision::Fail), (2, Decision::Pass), (2, Decision::Uncertain)] {
             db.insert_inspection(new_inspection("a", d, t(h))).unwrap();
         }
@@ -752,19 +835,51 @@ mod tests {
     fn reopen_restores_history_and_sweeps_orphans() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut db = Db::open(dir.path()).unwrap();
+            let mut db = Db::open(dir.path(), false).unwrap();
             db.insert_inspection(new_inspection("a", Decision::Pass, t(0))).unwrap();
             db.insert_inspection(new_inspection("a", Decision::Fail, t(-3))).unwrap();
         }
         let orphan = dir.path().join("images/2023-11-14/orphan.jpg");
         std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
         std::fs::write(&orphan, b"x").unwrap();
-        let db = Db::open(dir.path()).unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
         assert!(!orphan.exists());
         let history = db.station_history("a", t(0)).unwrap();
         assert_eq!(history.totals.values().sum::<u64>(), 2);
         assert_eq!(history.recent.len(), 1);
         assert_eq!(history.last.unwrap().decision, Decision::Fail);
+    }
+
+    #[test]
+    fn outbox_rows_commit_with_their_record_and_drain_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), true).unwrap();
+        let first = db.insert_inspection(new_inspection("a", Decision::Pass, t(0))).unwrap();
+        db.insert_inspection(new_inspection("b", Decision::Fail, t(0))).unwrap();
+        let second = db.insert_inspection(new_inspection("a", Decision::Fail, t(0))).unwrap();
+        assert_eq!(db.outbox_backlog("a").unwrap().0, 2);
+        let next = db.next_outbox("a").unwrap().unwrap();
+        assert_eq!((next.station_seq, next.record.as_ref().map(|r| r.id)), (1, Some(first.id)));
+        db.mark_delivered(next.seq, t(0)).unwrap();
+        let next = db.next_outbox("a").unwrap().unwrap();
+        assert_eq!((next.station_seq, next.record.as_ref().map(|r| r.id)), (2, Some(second.id)));
+        assert_eq!(db.next_outbox("b").unwrap().unwrap().station_seq, 1, "numbered per station");
+        // A deleted record leaves its message, announcing nothing.
+        db.delete(second.id).unwrap();
+        assert_eq!(db.next_outbox("a").unwrap().unwrap().record, None);
+    }
+
+    #[test]
+    fn outbox_retention_drops_oldest_undelivered_beyond_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), true).unwrap();
+        for _ in 0..5 {
+            db.insert_inspection(new_inspection("a", Decision::Pass, t(0))).unwrap();
+        }
+        assert_eq!(db.prune_outbox("a", t(1), TimeDelta::days(7), 3).unwrap(), 2);
+        assert_eq!(db.next_outbox("a").unwrap().unwrap().station_seq, 3);
+        assert_eq!(db.prune_outbox("a", t(24 * 8), TimeDelta::days(7), 100).unwrap(), 3);
+        assert_eq!(db.outbox_backlog("a").unwrap(), (0, None));
     }
 
     #[test]

@@ -36,6 +36,19 @@ const MIGRATIONS: &[&str] = &[
         x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL
     );
     CREATE INDEX defects_inspection ON defects (inspection_seq);",
+    // 2: the MQTT outbox, written in the same transaction as the record it announces.
+    // `station_seq` numbers one station's messages 1, 2, 3... so subscribers see gaps.
+    "CREATE TABLE outbox (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        station_id      TEXT NOT NULL,
+        station_seq     INTEGER NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('inspection')),
+        inspection_seq  INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        UNIQUE (station_id, station_seq)
+    );
+    CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
 ];
 
 /// The schema version this build writes.

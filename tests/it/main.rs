@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod modbus;
 mod model;
+mod mqtt;
 mod shutdown;
 mod support;
 mod tidy;

@@ -213,3 +213,22 @@ impl StationDto {
 pub struct StationList {
     pub stations: Vec<StationDto>,
 }
+
+#[derive(Serialize)]
+pub struct MqttStatusDto {
+    pub enabled: bool,
+    pub broker: Option<String>,
+    pub stations: Vec<MqttStationDto>,
+}
+
+#[derive(Serialize)]
+pub struct MqttStationDto {
+    pub station_id: String,
+    pub connected: bool,
+    /// Messages waiting in the outbox.
+    pub backlog: u64,
+    pub oldest_pending_age_s: Option<f64>,
+    /// Delivered since the daemon started.
+    pub delivered: u64,
+    pub last_error: Option<String>,
+}

@@ -2,7 +2,7 @@
 //! that refuses new connections and lets in-flight requests (and so in-flight inspection
 //! cycles) finish.
 
-mod dto;
+pub(crate) mod dto;
 mod error;
 mod routes;
 
@@ -29,6 +29,8 @@ pub struct ApiState {
     pub max_upload_bytes: usize,
     /// Requests being served right now; shutdown tests and metrics read it.
     pub in_flight: Arc<watch::Sender<usize>>,
+    /// `None` when MQTT is disabled.
+    pub mqtt: Option<crate::north::mqtt::MqttHandle>,
 }
 
 /// Room for the multipart envelope and the text fields around the file.
@@ -47,7 +49,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/inspections/{id}/image", get(routes::inspection_image))
         .route("/statistics", get(routes::statistics))
         .route("/statistics/trends", get(routes::trends))
-        .route("/stations", get(routes::stations));
+        .route("/stations", get(routes::stations))
+        .route("/mqtt/status", get(routes::mqtt_status));
     Router::new()
         .nest("/api/v1", api)
         .fallback(routes::not_found)

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::dto::{
-    Health, InspectionDto, InspectionList, Ready, ServiceStateDto, StationDto, StationList, StatisticsDto, TrendsDto,
+    Health, InspectionDto, InspectionList, MqttStationDto, MqttStatusDto, Ready, ServiceStateDto, StationDto,
+    StationList, StatisticsDto, TrendsDto,
 };
 use super::error::ApiError;
 use crate::core::decision::Decision;
@@ -433,6 +434,27 @@ pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
     let snapshot = state.snapshots.borrow().clone();
     let stations = snapshot.stations.iter().map(|(id, s)| StationDto::new(id, s)).collect();
     Json(StationList { stations })
+}
+
+pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatusDto>, ApiError> {
+    let Some(mqtt) = &state.mqtt else {
+        return Ok(Json(MqttStatusDto { enabled: false, broker: None, stations: Vec::new() }));
+    };
+    let mut stations = Vec::new();
+    for (station_id, link) in &mqtt.links {
+        let link = link.borrow().clone();
+        let id = station_id.clone();
+        let (backlog, oldest) = state.inspector.storage.call(move |db| db.outbox_backlog(&id)).await?;
+        stations.push(MqttStationDto {
+            station_id: station_id.clone(),
+            connected: link.connected,
+            backlog,
+            oldest_pending_age_s: oldest.map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0),
+            delivered: link.delivered,
+            last_error: link.last_error,
+        });
+    }
+    Ok(Json(MqttStatusDto { enabled: true, broker: Some(mqtt.broker.clone()), stations }))
 }
 
 pub async fn not_found() -> ApiError {

@@ -1,0 +1,394 @@
+//! MQTT publishing (rumqttc) from the durable outbox: one client per station, so that each
+//! station's retained status topic has its own last will.
+//!
+//! Delivery: every committed record has an outbox row written in the same transaction.
+//! The publisher sends the oldest undelivered row of its station, QoS 1, one at a time
+//! (in-flight window 1, so order is kept without correlating packet ids across
+//! reconnects), and marks it delivered only when the broker's PUBACK for that packet id
+//! arrives. A lost connection drops the client entirely; the next connection starts again
+//! from the oldest undelivered row. That is at-least-once: a message whose PUBACK was lost
+//! is sent again, and subscribers deduplicate by `id` / detect gaps by `message_seq`.
+//!
+//! Topics and payloads: docs/mqtt.md. This module is the only one that knows them.
+
+mod payload;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::bus::Notification;
+use crate::config::MqttConfig;
+use crate::storage::Storage;
+use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+
+pub fn inspection_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/inspection")
+}
+
+pub fn status_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/status")
+}
+
+/// Retained on the status topic while connected; the last will replaces it with OFFLINE.
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt TLS: cannot read {path}: {source}")]
+    TlsFile { path: std::path::PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("mqtt TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Builds the TLS client configuration (ring provider) from the configured PEM files.
+pub fn tls_config(config: &MqttConfig) -> Result<Option<Arc<rustls::ClientConfig>>, MqttError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(tls) = &config.tls else { return Ok(None) };
+    let file_error = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| MqttError::TlsFile { path, source }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca_file).map_err(file_error(&tls.ca_file))? {
+        roots.add(cert.map_err(file_error(&tls.ca_file))?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match &tls.client_auth {
+        Some((cert_file, key_file)) => {
+            let certs = CertificateDer::pem_file_iter(cert_file)
+                .map_err(file_error(cert_file))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(file_error(cert_file))?;
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(file_error(key_file))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// What the API shows about one station's MQTT link.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkState {
+    pub connected: bool,
+    pub delivered: u64,
+    pub last_error: Option<String>,
+}
+
+/// Read side for the REST API.
+#[derive(Clone)]
+pub struct MqttHandle {
+    pub broker: String,
+    pub links: BTreeMap<String, watch::Receiver<LinkState>>,
+}
+
+/// Starts one publisher per station.
+pub fn spawn(
+    supervisor: &mut Supervisor,
+    config: MqttConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    station_ids: &[String],
+    storage: Storage,
+    notifications: &broadcast::Sender<Notification>,
+) -> MqttHandle {
+    let config = Arc::new(config);
+    let mut links = BTreeMap::new();
+    for station_id in station_ids {
+        let (link_tx, link_rx) = watch::channel(LinkState::default());
+        links.insert(station_id.clone(), link_rx);
+        let publisher = Publisher {
+            station_id: station_id.clone(),
+            config: config.clone(),
+            tls: tls.clone(),
+            storage: storage.clone(),
+            link: link_tx,
+            last_backlog_warning: None,
+        };
+        let notifications = notifications.subscribe();
+        supervisor.spawn(format!("mqtt[{station_id}]"), Phase::Publish, move |ctx| publisher.run(notifications, ctx));
+    }
+    MqttHandle { broker: format!("{}:{}", config.host, config.port), links }
+}
+
+struct Publisher {
+    station_id: String,
+    config: Arc<MqttConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    storage: Storage,
+    link: watch::Sender<LinkState>,
+    last_backlog_warning: Option<Instant>,
+}
+
+/// What a queued publish was, in the order rumqttc will report `Outgoing::Publish`.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Status,
+    Outbox(i64),
+}
+
+/// Per-connection state; dropped with the connection.
+#[derive(Default)]
+struct Connection {
+    connected: bool,
+    /// Publishes queued to rumqttc, not yet given a packet id.
+    queued: VecDeque<Sent>,
+    /// The outbox row on the wire: its seq, and its packet id once known.
+    in_flight: Option<(i64, Option<u16>)>,
+}
+
+enum Ended {
+    Cancelled,
+    Lost(String),
+}
+
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How long an orderly stop waits for the in-flight PUBACK and the offline status.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+impl Publisher {
+    async fn run(
+        mut self,
+        mut notifications: broadcast::Receiver<Notification>,
+        ctx: ServiceContext,
+    ) -> Result<(), ServiceError> {
+        ctx.set_ready();
+        let mut delay = RECONNECT_MIN;
+        loop {
+            match self.connection(&mut notifications, &ctx).await {
+                Ended::Cancelled => return Ok(()),
+                Ended::Lost(reason) => {
+                    let was_connected = self.link.borrow().connected;
+                    self.link.send_modify(|l| {
+                        l.connected = false;
+                        l.last_error = Some(reason.clone());
+                    });
+                    if was_connected {
+                        tracing::warn!(station = self.station_id, cause = reason, "MQTT connection lost; reconnecting");
+                        delay = RECONNECT_MIN;
+                    } else {
+                        tracing::debug!(station = self.station_id, cause = reason, "MQTT connect failed");
+                    }
+                }
+            }
+            // Exponential backoff with jitter, so a fleet of stations does not reconnect in step.
+            let jitter = Duration::from_millis((uuid::Uuid::new_v4().as_u128() % 500) as u64);
+            tokio::select! {
+                () = tokio::time::sleep(delay + jitter) => {}
+                () = ctx.token.cancelled() => return Ok(()),
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    fn options(&self) -> MqttOptions {
+        let client_id = format!("{}-{}", self.config.client_id, self.station_id);
+        let mut options = MqttOptions::new(client_id, self.config.host.clone(), self.config.port);
+        options.set_keep_alive(self.config.keep_alive);
+        // A clean session: after a reconnect, the outbox (not rumqttc's memory) decides
+        // what is sent again.
+        options.set_clean_session(true);
+        options.set_inflight(4);
+        options.set_last_will(LastWill::new(status_topic(&self.station_id), OFFLINE, QoS::AtLeastOnce, true));
+        if let Some((user, password)) = &self.config.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+        }
+        options
+    }
+
+    async fn connection(
+        &mut self,
+        notifications: &mut broadcast::Receiver<Notification>,
+        ctx: &ServiceContext,
+    ) -> Ended {
+        let (client, mut eventloop) = AsyncClient::new(self.options(), 16);
+        let mut conn = Connection::default();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(event) => {
+                        if let Err(reason) = self.on_event(event, &client, &mut conn).await {
+                            return Ended::Lost(reason);
+                        }
+                    }
+                    Err(err) => return Ended::Lost(err.to_string()),
+                },
+                notification = notifications.recv() => {
+                    let ours = match &notification {
+                        Ok(Notification::InspectionCompleted(summary)) => summary.station_id == self.station_id,
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if ours && let Err(reason) = self.send_next(&client, &mut conn).await {
+                        return Ended::Lost(reason);
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    self.housekeeping().await;
+                    if let Err(reason) = self.send_next(&client, &mut conn).await {
+                        return Ended::Lost(reason);
+                    }
+                }
+                () = ctx.token.cancelled() => {
+                    self.stop(&client, &mut eventloop, &mut conn).await;
+                    return Ended::Cancelled;
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event, client: &AsyncClient, conn: &mut Connection) -> Result<(), String> {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                conn.connected = true;
+                self.link.send_modify(|l| {
+                    l.connected = true;
+                    l.last_error = None;
+                });
+                tracing::info!(station = self.station_id, broker = %format!("{}:{}", self.config.host, self.config.port), "MQTT connected");
+                client
+                    .try_publish(status_topic(&self.station_id), QoS::AtLeastOnce, true, ONLINE)
+                    .map_err(|e| e.to_string())?;
+                conn.queued.push_back(Sent::Status);
+                self.send_next(client, conn).await?;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Sent::Outbox(seq)) = conn.queued.pop_front()
+                    && let Some((in_flight, pending_pkid)) = &mut conn.in_flight
+                    && *in_flight == seq
+                {
+                    *pending_pkid = Some(pkid);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some((seq, Some(pkid))) = conn.in_flight
+                    && pkid == ack.pkid
+                {
+                    self.storage
+                        .call(move |db| db.mark_delivered(seq, Utc::now()))
+                        .await
+                        .map_err(|e| format!("cannot mark outbox row {seq} delivered: {e}"))?;
+                    conn.in_flight = None;
+                    self.link.send_modify(|l| l.delivered += 1);
+                    self.send_next(client, conn).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Puts the oldest undelivered message on the wire, unless one is already in flight.
+    async fn send_next(&mut self, client: &AsyncClient, conn: &mut Connection) -> Result<(), String> {
+        while conn.connected && conn.in_flight.is_none() {
+            let station_id = self.station_id.clone();
+            let next = self.storage.call(move |db| db.next_outbox(&station_id)).await.map_err(|e| e.to_string())?;
+            let Some(message) = next else { return Ok(()) };
+            let Some(record) = &message.record else {
+                // Deleted before it could be announced: nothing to say, move on.
+                tracing::warn!(
+                    station = self.station_id,
+                    outbox_seq = message.seq,
+                    "record deleted before MQTT delivery"
+                );
+                let seq = message.seq;
+                self.storage.call(move |db| db.mark_delivered(seq, Utc::now())).await.map_err(|e| e.to_string())?;
+                continue;
+            };
+            let body = payload::inspection(record, message.station_seq);
+            client
+                .try_publish(inspection_topic(&self.station_id), QoS::AtLeastOnce, false, body)
+                .map_err(|e| e.to_string())?;
+            conn.queued.push_back(Sent::Outbox(message.seq));
+            conn.in_flight = Some((message.seq, None));
+        }
+        Ok(())
+    }
+
+    /// Retention and the backlog warning.
+    async fn housekeeping(&mut self) {
+        let (station_id, config) = (self.station_id.clone(), self.config.clone());
+        let outcome = self
+            .storage
+            .call(move |db| {
+                let dropped =
+                    db.prune_outbox(&station_id, Utc::now(), config.outbox_max_age, config.outbox_max_rows)?;
+                Ok((dropped, db.outbox_backlog(&station_id)?.0))
+            })
+            .await;
+        match outcome {
+            Ok((dropped, backlog)) => {
+                if dropped > 0 {
+                    tracing::error!(
+                        station = self.station_id,
+                        dropped,
+                        "MQTT outbox retention dropped undelivered messages"
+                    );
+                }
+                let due = self.last_backlog_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+                if backlog > self.config.outbox_warn_rows && due {
+                    self.last_backlog_warning = Some(Instant::now());
+                    tracing::warn!(station = self.station_id, backlog, "MQTT outbox backlog growing");
+                }
+            }
+            Err(err) => tracing::error!(station = self.station_id, cause = %err, "MQTT outbox housekeeping failed"),
+        }
+    }
+
+    /// Orderly stop: wait briefly for the in-flight PUBACK, say "offline" (the last will
+    /// only fires on an unclean disconnect) and disconnect.
+    async fn stop(&mut self, client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, conn: &mut Connection) {
+        if !conn.connected {
+            return;
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while conn.in_flight.is_some() {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                    if let Some((seq, Some(pkid))) = conn.in_flight
+                        && pkid == ack.pkid
+                    {
+                        let _ = self.storage.call(move |db| db.mark_delivered(seq, Utc::now())).await;
+                        conn.in_flight = None;
+                    }
+                }
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    if let Some(Sent::Outbox(_)) = conn.queued.pop_front()
+                        && let Some((_, pending)) = &mut conn.in_flight
+                    {
+                        *pending = Some(pkid);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let _ = client.try_publish(status_topic(&self.station_id), QoS::AtLeastOnce, true, OFFLINE);
+        let _ = client.try_disconnect();
+        // Drive the event loop until the disconnect is on the wire.
+        while let Ok(Ok(event)) =
+            tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(200)), eventloop.poll()).await
+        {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+        self.link.send_modify(|l| l.connected = false);
+        tracing::info!(station = self.station_id, "MQTT disconnected");
+    }
+}
