@@ -69,7 +69,8 @@ fn main() {
             &format!("state_dir = {:?}", state.path().join("state").display().to_string()),
         )
         .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"");
+        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"");
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
         .args(["run", "--config"])

@@ -17,7 +17,7 @@ use crate::config::{CameraBackend, Config};
 use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
-use crate::north::{modbus, mqtt};
+use crate::north::{modbus, mqtt, opcua};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
 use crate::supervisor::{Phase, Readiness, ServiceError, ServiceState, Supervisor};
 use crate::{core_task, inference, storage};
@@ -25,6 +25,8 @@ use crate::{core_task, inference, storage};
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
 pub struct RunningApp {
     pub api_addr: SocketAddr,
+    /// `None` when the OPC-UA server is disabled.
+    pub opcua_addr: Option<SocketAddr>,
     /// `None` when the Modbus server is disabled.
     pub modbus_addr: Option<SocketAddr>,
     pub readiness: Readiness,
@@ -123,6 +125,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         }
         None => None,
     };
+    let (opcua_addr, opcua_handle) = match &config.opcua {
+        Some(opcua_config) => {
+            let listener = opcua::bind(opcua_config.bind)
+                .await
+                .with_context(|| format!("cannot bind the OPC-UA server to {}", opcua_config.bind))?;
+            let addr = listener.local_addr()?;
+            let readiness = supervisor.readiness();
+            let handle = opcua::spawn(
+                &mut supervisor,
+                listener,
+                opcua_config.clone(),
+                &config.state_dir,
+                config.stations.keys().cloned().collect(),
+                inspector.clone(),
+                bus.snapshots.clone(),
+                readiness,
+            );
+            (Some(addr), Some(handle))
+        }
+        None => (None, None),
+    };
     let listener =
         api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
     let api_addr = listener.local_addr()?;
@@ -134,11 +157,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         max_upload_bytes: config.api.max_upload_bytes,
         in_flight: Arc::new(in_flight_tx),
         mqtt: mqtt_handle,
+        opcua: opcua_handle,
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 
     Ok(RunningApp {
         api_addr,
+        opcua_addr,
         modbus_addr,
         readiness: supervisor.readiness(),
         bus,

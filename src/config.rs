@@ -38,6 +38,25 @@ pub struct Config {
     pub modbus: Option<ModbusConfig>,
     /// `None` when MQTT publishing is disabled.
     pub mqtt: Option<MqttConfig>,
+    /// `None` when the OPC-UA server is disabled.
+    pub opcua: Option<OpcuaConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpcuaConfig {
+    pub bind: SocketAddr,
+    /// Host name or address put in endpoint URLs (what clients dial).
+    pub host: String,
+    /// Endpoint path, e.g. "/stationd".
+    pub path: String,
+    /// Anonymous user tokens are offered (read-only use; the Trigger method included).
+    pub allow_anonymous: bool,
+    /// An endpoint with SecurityPolicy None is offered (cleartext).
+    pub allow_insecure: bool,
+    /// Trust every client certificate instead of the trusted/ folder (development only).
+    pub trust_all_client_certs: bool,
+    /// User name → password for UserName tokens.
+    pub users: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +249,74 @@ pub(crate) struct RawConfig {
     stations: BTreeMap<String, RawStation>,
     modbus: Option<RawModbus>,
     mqtt: Option<RawMqtt>,
+    opcua: Option<RawOpcua>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpcua {
+    enabled: bool,
+    bind: String,
+    host: Option<String>,
+    #[serde(default = "default_opcua_path")]
+    path: String,
+    #[serde(default)]
+    allow_anonymous: bool,
+    #[serde(default)]
+    allow_insecure: bool,
+    #[serde(default)]
+    trust_all_client_certs: bool,
+    #[serde(default)]
+    users: BTreeMap<String, RawOpcuaUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpcuaUser {
+    password: String,
+}
+
+fn default_opcua_path() -> String {
+    "/stationd".to_owned()
+}
+
+impl RawOpcua {
+    fn validate(self) -> Result<OpcuaConfig, ConfigError> {
+        let bind: SocketAddr = self
+            .bind
+            .parse()
+            .map_err(|_| ConfigError::invalid("opcua.bind", format!("{:?} is not an address:port", self.bind)))?;
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::invalid("opcua.path", "must start with /"));
+        }
+        let mut users = BTreeMap::new();
+        for (name, user) in self.users {
+            check_id(&format!("opcua.users.{name}"), &name)?;
+            if user.password.len() < 8 {
+                return Err(ConfigError::invalid(
+                    format!("opcua.users.{name}.password"),
+                    "needs at least 8 characters",
+                ));
+            }
+            users.insert(name, user.password);
+        }
+        if users.is_empty() && !self.allow_anonymous {
+            return Err(ConfigError::invalid(
+                "opcua.users",
+                "no user can log in: add a user or set opcua.allow_anonymous = true",
+            ));
+        }
+        let host = self.host.unwrap_or_else(|| bind.ip().to_string());
+        Ok(OpcuaConfig {
+            bind,
+            host,
+            path: self.path,
+            allow_anonymous: self.allow_anonymous,
+            allow_insecure: self.allow_insecure,
+            trust_all_client_certs: self.trust_all_client_certs,
+            users,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -511,6 +598,10 @@ impl RawConfig {
             Some(raw) if raw.enabled => Some(raw.validate()?),
             _ => None,
         };
+        let opcua = match self.opcua {
+            Some(raw) if raw.enabled => Some(raw.validate()?),
+            _ => None,
+        };
 
         Ok(Config {
             state_dir: self.state_dir,
@@ -529,6 +620,7 @@ impl RawConfig {
             stations,
             modbus,
             mqtt,
+            opcua,
         })
     }
 }
@@ -692,7 +784,7 @@ mod tests {
     /// added there too. Commented-out keys count as documented.
     #[test]
     fn reference_config_documents_every_key() {
-        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt"];
+        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt", "opcua", "opcua.users."];
         let keys = [
             ("", "state_dir"),
             ("", "shutdown_deadline_ms"),
@@ -731,6 +823,14 @@ mod tests {
             ("mqtt", "outbox_max_age_h"),
             ("mqtt", "outbox_max_rows"),
             ("mqtt", "outbox_warn_rows"),
+            ("opcua", "enabled"),
+            ("opcua", "bind"),
+            ("opcua", "host"),
+            ("opcua", "path"),
+            ("opcua", "allow_anonymous"),
+            ("opcua", "allow_insecure"),
+            ("opcua", "trust_all_client_certs"),
+            ("opcua.users.", "password"),
         ];
         let mut documented = std::collections::HashSet::new();
         let mut table = String::new();

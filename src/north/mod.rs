@@ -5,3 +5,4 @@
 pub mod api;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;

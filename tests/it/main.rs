@@ -6,6 +6,7 @@ mod cli;
 mod modbus;
 mod model;
 mod mqtt;
+mod opcua;
 mod shutdown;
 mod support;
 mod tidy;

@@ -22,7 +22,8 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
     let text = EMBEDDED_DEFAULTS
         .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state_dir.display().to_string()))
         .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"");
+        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"");
     Config::from_toml_str(&text).expect("test config is valid")
 }
 

@@ -232,3 +232,13 @@ pub struct MqttStationDto {
     pub delivered: u64,
     pub last_error: Option<String>,
 }
+
+/// The inspection seed's OPC-UA status shape.
+#[derive(Serialize)]
+pub struct OpcuaStatusDto {
+    pub enabled: bool,
+    pub running: bool,
+    pub endpoint: Option<String>,
+    pub station_count: usize,
+    pub nodes: Vec<String>,
+}

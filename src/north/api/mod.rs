@@ -31,6 +31,8 @@ pub struct ApiState {
     pub in_flight: Arc<watch::Sender<usize>>,
     /// `None` when MQTT is disabled.
     pub mqtt: Option<crate::north::mqtt::MqttHandle>,
+    /// `None` when OPC-UA is disabled.
+    pub opcua: Option<crate::north::opcua::OpcuaHandle>,
 }
 
 /// Room for the multipart envelope and the text fields around the file.
@@ -50,7 +52,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/statistics", get(routes::statistics))
         .route("/statistics/trends", get(routes::trends))
         .route("/stations", get(routes::stations))
-        .route("/mqtt/status", get(routes::mqtt_status));
+        .route("/mqtt/status", get(routes::mqtt_status))
+        .route("/opcua/status", get(routes::opcua_status));
     Router::new()
         .nest("/api/v1", api)
         .fallback(routes::not_found)

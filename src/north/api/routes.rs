@@ -15,6 +15,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiState;
+use super::dto::OpcuaStatusDto;
 use super::dto::{
     Health, InspectionDto, InspectionList, MqttStationDto, MqttStatusDto, Ready, ServiceStateDto, StationDto,
     StationList, StatisticsDto, TrendsDto,
@@ -455,6 +456,20 @@ pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatu
         });
     }
     Ok(Json(MqttStatusDto { enabled: true, broker: Some(mqtt.broker.clone()), stations }))
+}
+
+pub async fn opcua_status(State(state): State<ApiState>) -> Json<OpcuaStatusDto> {
+    let station_count = state.inspector.station_ids().count();
+    Json(match &state.opcua {
+        Some(opcua) => OpcuaStatusDto {
+            enabled: true,
+            running: *opcua.running.borrow(),
+            endpoint: Some(opcua.endpoint.clone()),
+            station_count,
+            nodes: opcua.nodes.clone(),
+        },
+        None => OpcuaStatusDto { enabled: false, running: false, endpoint: None, station_count, nodes: Vec::new() },
+    })
 }
 
 pub async fn not_found() -> ApiError {

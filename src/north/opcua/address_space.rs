@@ -1,0 +1,248 @@
+//! The OPC-UA address space of stationd: a flat list of node definitions (the contract
+//! with PLC and SCADA programs; docs/opcua.md lists the same NodeIds) and the writes that
+//! keep them current.
+//!
+//! ```text
+//! Objects/
+//!   Stations/                       ns=<stationd>;s=Stations
+//!     <station_id>/                 s=Stations/<station_id>
+//!       LastDecision ... LastInspectionId
+//!     Trigger(station_id, part_id) -> (inspection_id, decision)
+//!   SystemStatus/                   s=SystemStatus
+//!     Ready                         s=SystemStatus/Ready
+//!     <service>                     s=SystemStatus/<service>   ("ready", "starting", "degraded: …")
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opcua::server::SubscriptionCache;
+use opcua::server::address_space::{MethodBuilder, ObjectBuilder, VariableBuilder};
+use opcua::server::node_manager::memory::SimpleNodeManager;
+use opcua::types::{DataTypeId, DataValue, DateTime, NodeId, ObjectId, StatusCode, Variant};
+
+use crate::bus::{Snapshot, StationSnapshot};
+use crate::cycle::{CycleError, CycleImage, InspectRequest, Inspector};
+use crate::supervisor::ServiceState;
+
+/// Per-station variables: browse name, data type, initial value.
+const STATION_VARIABLES: [(&str, DataTypeId); 10] = [
+    ("LastDecision", DataTypeId::String),
+    ("LastConfidence", DataTypeId::Double),
+    ("ObjectsFound", DataTypeId::Int32),
+    ("CycleTimeMs", DataTypeId::Double),
+    ("PassCount", DataTypeId::UInt32),
+    ("FailCount", DataTypeId::UInt32),
+    ("UncertainCount", DataTypeId::UInt32),
+    ("PassRate1h", DataTypeId::Double),
+    ("LastInspectionTime", DataTypeId::DateTime),
+    ("LastInspectionId", DataTypeId::String),
+];
+
+/// How long the Trigger method waits for an inspection.
+const TRIGGER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) fn station_node(station_id: &str) -> String {
+    format!("Stations/{station_id}")
+}
+
+/// The folders `GET /api/v1/opcua/status` lists.
+pub(super) fn node_list(station_ids: &[String]) -> Vec<String> {
+    station_ids.iter().map(|id| station_node(id)).chain(["SystemStatus".to_owned()]).collect()
+}
+
+pub(super) fn state_text(state: &ServiceState) -> String {
+    match state {
+        ServiceState::Starting => "starting".to_owned(),
+        ServiceState::Ready => "ready".to_owned(),
+        ServiceState::Degraded(reason) => format!("degraded: {reason}"),
+    }
+}
+
+/// The NodeIds that change at run time.
+pub(super) struct Nodes {
+    ns: u16,
+    stations: Vec<String>,
+}
+
+pub(super) fn build(
+    manager: &SimpleNodeManager,
+    ns: u16,
+    station_ids: &[String],
+    services: &[(String, ServiceState)],
+) -> Nodes {
+    let address_space = manager.address_space();
+    let mut address_space = address_space.write();
+    let stations_id = NodeId::new(ns, "Stations");
+    ObjectBuilder::new(&stations_id, "Stations", "Stations")
+        .organized_by(ObjectId::ObjectsFolder)
+        .insert(&mut *address_space);
+    for station_id in station_ids {
+        let folder = NodeId::new(ns, station_node(station_id));
+        ObjectBuilder::new(&folder, station_id.as_str(), station_id.as_str())
+            .organized_by(stations_id.clone())
+            .insert(&mut *address_space);
+        for (name, data_type) in STATION_VARIABLES {
+            let id = NodeId::new(ns, format!("{}/{name}", station_node(station_id)));
+            VariableBuilder::new(&id, name, name)
+                .data_type(data_type)
+                .value(initial(data_type))
+                .component_of(folder.clone())
+                .insert(&mut *address_space);
+        }
+    }
+    let status_id = NodeId::new(ns, "SystemStatus");
+    ObjectBuilder::new(&status_id, "SystemStatus", "SystemStatus")
+        .organized_by(ObjectId::ObjectsFolder)
+        .insert(&mut *address_space);
+    VariableBuilder::new(&NodeId::new(ns, "SystemStatus/Ready"), "Ready", "Ready")
+        .data_type(DataTypeId::Boolean)
+        .value(false)
+        .component_of(status_id.clone())
+        .insert(&mut *address_space);
+    for (service, state) in services {
+        let id = NodeId::new(ns, format!("SystemStatus/{service}"));
+        VariableBuilder::new(&id, service.as_str(), service.as_str())
+            .data_type(DataTypeId::String)
+            .value(state_text(state))
+            .component_of(status_id.clone())
+            .insert(&mut *address_space);
+    }
+    Nodes { ns, stations: station_ids.to_vec() }
+}
+
+fn initial(data_type: DataTypeId) -> Variant {
+    match data_type {
+        DataTypeId::String => Variant::from(""),
+        DataTypeId::Double => Variant::from(0.0f64),
+        DataTypeId::Int32 => Variant::from(0i32),
+        DataTypeId::UInt32 => Variant::from(0u32),
+        DataTypeId::DateTime => Variant::from(DateTime::null()),
+        _ => Variant::Empty,
+    }
+}
+
+impl Nodes {
+    pub(super) fn write_snapshot(
+        &self,
+        manager: &SimpleNodeManager,
+        subscriptions: &SubscriptionCache,
+        snapshot: &Snapshot,
+    ) {
+        let mut values: Vec<(NodeId, DataValue)> = Vec::new();
+        for station_id in &self.stations {
+            let Some(station) = snapshot.stations.get(station_id) else { continue };
+            for (name, value) in station_values(station) {
+                values.push((
+                    NodeId::new(self.ns, format!("{}/{name}", station_node(station_id))),
+                    DataValue::new_now(value),
+                ));
+            }
+        }
+        if let Err(status) =
+            manager.set_values(subscriptions, values.iter().map(|(id, value)| (id, None, value.clone())))
+        {
+            tracing::warn!(%status, "OPC-UA value update refused");
+        }
+    }
+
+    pub(super) fn write_status(
+        &self,
+        manager: &SimpleNodeManager,
+        subscriptions: &SubscriptionCache,
+        services: &BTreeMap<String, String>,
+        ready: bool,
+    ) {
+        let mut values = vec![(NodeId::new(self.ns, "SystemStatus/Ready"), DataValue::new_now(ready))];
+        for (service, text) in services {
+            values.push((NodeId::new(self.ns, format!("SystemStatus/{service}")), DataValue::new_now(text.clone())));
+        }
+        if let Err(status) =
+            manager.set_values(subscriptions, values.iter().map(|(id, value)| (id, None, value.clone())))
+        {
+            tracing::warn!(%status, "OPC-UA status update refused");
+        }
+    }
+}
+
+fn station_values(station: &StationSnapshot) -> Vec<(&'static str, Variant)> {
+    let saturate = |count: u64| Variant::from(count.min(u32::MAX as u64) as u32);
+    let mut values = vec![
+        ("PassCount", saturate(station.pass_count)),
+        ("FailCount", saturate(station.fail_count)),
+        ("UncertainCount", saturate(station.uncertain_count)),
+        ("PassRate1h", Variant::from(station.pass_rate_1h.unwrap_or(0.0))),
+    ];
+    if let Some(last) = &station.last {
+        let at = DateTime::from(last.inspected_at);
+        values.extend([
+            ("LastDecision", Variant::from(last.decision.as_str())),
+            ("LastConfidence", Variant::from(last.confidence as f64)),
+            ("ObjectsFound", Variant::from(last.objects_found.min(i32::MAX as u32) as i32)),
+            ("CycleTimeMs", Variant::from(last.cycle_time_ms)),
+            ("LastInspectionTime", Variant::from(at)),
+            ("LastInspectionId", Variant::from(last.id.to_string())),
+        ]);
+    }
+    values
+}
+
+/// `Trigger(station_id: String, part_id: String) -> (inspection_id: String, decision: String)`.
+///
+/// async-opcua calls method callbacks synchronously on the runtime's worker thread, while
+/// an inspection is async; `block_in_place` hands the worker's other tasks to another
+/// thread while this one waits (the daemon runs a multi-thread runtime).
+pub(super) fn add_trigger(manager: &Arc<SimpleNodeManager>, ns: u16, inspector: Inspector) {
+    let method_id = NodeId::new(ns, "Stations/Trigger");
+    {
+        let address_space = manager.address_space();
+        let mut address_space = address_space.write();
+        MethodBuilder::new(&method_id, "Trigger", "Trigger")
+            .component_of(NodeId::new(ns, "Stations"))
+            .executable(true)
+            .input_args(
+                &mut *address_space,
+                &NodeId::new(ns, "Stations/Trigger/InputArguments"),
+                &[("station_id", DataTypeId::String).into(), ("part_id", DataTypeId::String).into()],
+            )
+            .output_args(
+                &mut *address_space,
+                &NodeId::new(ns, "Stations/Trigger/OutputArguments"),
+                &[("inspection_id", DataTypeId::String).into(), ("decision", DataTypeId::String).into()],
+            )
+            .insert(&mut *address_space);
+    }
+    let runtime = tokio::runtime::Handle::current();
+    manager.inner().add_method_callback(method_id, move |args| {
+        let text = |index: usize| match args.get(index) {
+            Some(Variant::String(s)) => Ok(s.as_ref().to_owned()),
+            Some(Variant::Empty) | None => Ok(String::new()),
+            Some(_) => Err(StatusCode::BadTypeMismatch),
+        };
+        let station_id = text(0)?;
+        let part_id = text(1)?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(StatusCode::BadNotSupported);
+        }
+        let request = InspectRequest {
+            station_id,
+            part_id: (!part_id.is_empty()).then_some(part_id),
+            image: CycleImage::Camera,
+            triggered_at: Instant::now(),
+        };
+        let inspector = inspector.clone();
+        let outcome = tokio::task::block_in_place(|| {
+            runtime.block_on(async { tokio::time::timeout(TRIGGER_TIMEOUT, inspector.inspect(request)).await })
+        });
+        match outcome {
+            Ok(Ok(record)) => Ok(vec![Variant::from(record.id.to_string()), Variant::from(record.decision.as_str())]),
+            Ok(Err(CycleError::UnknownStation(_))) => Err(StatusCode::BadInvalidArgument),
+            Ok(Err(err)) => {
+                tracing::warn!(cause = %err, "OPC-UA Trigger failed");
+                Err(StatusCode::BadResourceUnavailable)
+            }
+            Err(_) => Err(StatusCode::BadTimeout),
+        }
+    });
+}
