@@ -82,10 +82,16 @@ fn main() {
         .expect("start stationd");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut addr = None;
+    let mut modbus_addr = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if let Some(at) = line.find("addr=") {
-            addr = Some(line[at + 5..].split_whitespace().next().unwrap().to_owned());
+        let value =
+            |line: &str| line.find("addr=").map(|at| line[at + 5..].split_whitespace().next().unwrap().to_owned());
+        if line.contains("REST API listening") {
+            addr = value(&line);
+        }
+        if line.contains("Modbus TCP listening") {
+            modbus_addr = value(&line);
         }
         if line.contains("stationd ready") {
             break;
@@ -93,6 +99,8 @@ fn main() {
         assert!(!line.contains("started degraded"), "the daemon under test started degraded: {line}");
     }
     let addr = addr.expect("the daemon logs its API address");
+    let modbus_addr: std::net::SocketAddr =
+        modbus_addr.expect("the daemon logs its Modbus address").parse().expect("a socket address");
     // Keep draining the child's log so it never blocks on a full pipe. A bench helper
     // thread, not a daemon service: the supervisor rule does not apply here.
     #[allow(clippy::disallowed_methods)]
@@ -101,7 +109,7 @@ fn main() {
     let idle_rss = rss_kib(child.id());
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (e2e, overhead) = runtime.block_on(async {
+    let (e2e, overhead, plc, plc_overhead) = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let boundary = "bench-boundary";
         let mut body = Vec::new();
@@ -129,7 +137,8 @@ fn main() {
                 overhead.push(elapsed - json["inference_time_ms"].as_f64().unwrap());
             }
         }
-        (e2e, overhead)
+        let (plc, plc_overhead) = modbus_handshakes(&client, &addr, modbus_addr).await;
+        (e2e, overhead, plc, plc_overhead)
     });
     let busy_rss = rss_kib(child.id());
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
@@ -140,6 +149,44 @@ fn main() {
     report("pure inference (tract, preprocess + run)", pure);
     report("POST /api/v1/inspect end to end (HTTP)", e2e);
     report("daemon overhead (end to end - inference)", overhead);
+    report("Modbus Trigger -> ResultsValid (PLC poll)", plc);
+    report("  minus inference", plc_overhead);
     eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
     eprintln!("daemon exit after SIGTERM: {exit}");
+}
+
+/// A PLC's view: write Trigger, poll ResultsValid, read, acknowledge. The latency is from
+/// the Trigger write to the first poll that sees ResultsValid (a scan without delay).
+async fn modbus_handshakes(
+    http: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    api: &str,
+    modbus: std::net::SocketAddr,
+) -> (Vec<f64>, Vec<f64>) {
+    use tokio_modbus::prelude::*;
+    let mut plc = tcp::connect_slave(modbus, Slave(1)).await.unwrap();
+    let (mut latency, mut overhead) = (Vec::new(), Vec::new());
+    for i in 0..WARMUP + ITERATIONS {
+        let started = Instant::now();
+        plc.write_single_coil(0, true).await.unwrap().unwrap();
+        while !plc.read_discrete_inputs(3, 1).await.unwrap().unwrap()[0] {}
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        let words = plc.read_input_registers(0, 9).await.unwrap().unwrap();
+        let seq = ((words[4] as u64) << 16) | words[5] as u64;
+        plc.write_single_coil(0, false).await.unwrap().unwrap();
+        plc.write_single_coil(1, true).await.unwrap().unwrap();
+        while plc.read_discrete_inputs(3, 1).await.unwrap().unwrap()[0] {}
+        plc.write_single_coil(1, false).await.unwrap().unwrap();
+        if i >= WARMUP {
+            let request = hyper::Request::get(format!("http://{api}/api/v1/inspections?limit=1"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let body = http.request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let record = &json["inspections"][0];
+            assert_eq!(record["seq"].as_u64(), Some(seq));
+            latency.push(elapsed);
+            overhead.push(elapsed - record["inference_time_ms"].as_f64().unwrap());
+        }
+    }
+    (latency, overhead)
 }
