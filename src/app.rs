@@ -95,7 +95,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
 
     let mqtt_handle = config.mqtt.clone().map(|mqtt| {
         let station_ids: Vec<String> = config.stations.keys().cloned().collect();
-        mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications)
+        let readiness = supervisor.readiness();
+        mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications, readiness)
     });
     let inspector = Inspector::new(
         inference,

@@ -216,3 +216,28 @@ async fn mqtt_disabled_reports_so_and_writes_no_outbox() {
     let rows: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 0);
 }
+
+/// A device that cannot be opened is announced on the alerts topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_device_raises_an_alert() {
+    let broker_port = start_broker();
+    let mut received = subscribe(broker_port, &["stationd/default/alerts"]).await;
+    let state = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = mqtt_config(state.path(), broker_port);
+    config.cameras.insert(
+        "cam0".into(),
+        stationd::config::CameraConfig {
+            backend: stationd::config::CameraBackend::Sim { folder: empty.path().to_owned() },
+        },
+    );
+    let daemon = Daemon::start_settled(config).await;
+    let (topic, payload) = tokio::time::timeout(PATIENCE, received.recv()).await.expect("an alert").unwrap();
+    let alert: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(topic, "stationd/default/alerts");
+    assert_eq!((alert["severity"].as_str(), alert["title"].as_str()), (Some("error"), Some("Device down")), "{alert}");
+    assert_eq!(alert["source"], "camera[cam0]");
+    assert!(alert["message"].as_str().unwrap().contains("no images"), "{alert}");
+    assert!(alert["id"].is_string() && alert["timestamp"].is_string() && alert["acknowledged"] == false);
+    assert!(daemon.shutdown().await);
+}

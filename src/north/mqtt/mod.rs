@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::bus::Notification;
 use crate::config::MqttConfig;
 use crate::storage::Storage;
-use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, ServiceState, Supervisor};
 
 pub fn inspection_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/inspection")
@@ -33,6 +33,10 @@ pub fn inspection_topic(station_id: &str) -> String {
 
 pub fn status_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/status")
+}
+
+pub fn alerts_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/alerts")
 }
 
 /// Retained on the status topic while connected; the last will replaces it with OFFLINE.
@@ -100,6 +104,7 @@ pub fn spawn(
     station_ids: &[String],
     storage: Storage,
     notifications: &broadcast::Sender<Notification>,
+    readiness: Readiness,
 ) -> MqttHandle {
     let config = Arc::new(config);
     let mut links = BTreeMap::new();
@@ -113,6 +118,9 @@ pub fn spawn(
             storage: storage.clone(),
             link: link_tx,
             last_backlog_warning: None,
+            readiness: readiness.clone(),
+            degraded: BTreeMap::new(),
+            alerts: VecDeque::new(),
         };
         let notifications = notifications.subscribe();
         supervisor.spawn(format!("mqtt[{station_id}]"), Phase::Publish, move |ctx| publisher.run(notifications, ctx));
@@ -127,12 +135,22 @@ struct Publisher {
     storage: Storage,
     link: watch::Sender<LinkState>,
     last_backlog_warning: Option<Instant>,
+    /// Services are watched for device-down alerts.
+    readiness: Readiness,
+    /// Degraded services already alerted on, with their reason.
+    degraded: BTreeMap<String, String>,
+    /// Alerts waiting for a connection (in memory: an alert is about now).
+    alerts: VecDeque<Vec<u8>>,
 }
+
+/// Alerts kept while the broker is unreachable; older ones are dropped first.
+const MAX_PENDING_ALERTS: usize = 100;
 
 /// What a queued publish was, in the order rumqttc will report `Outgoing::Publish`.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
     Status,
+    Alert,
     Outbox(i64),
 }
 
@@ -240,7 +258,8 @@ impl Publisher {
                 }
                 _ = housekeeping.tick() => {
                     self.housekeeping().await;
-                    if let Err(reason) = self.send_next(&client, &mut conn).await {
+                    let sent = self.send_alerts(&client, &mut conn);
+                    if let Err(reason) = sent.and(self.send_next(&client, &mut conn).await) {
                         return Ended::Lost(reason);
                     }
                 }
@@ -265,6 +284,7 @@ impl Publisher {
                     .try_publish(status_topic(&self.station_id), QoS::AtLeastOnce, true, ONLINE)
                     .map_err(|e| e.to_string())?;
                 conn.queued.push_back(Sent::Status);
+                self.send_alerts(client, conn)?;
                 self.send_next(client, conn).await?;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -320,8 +340,51 @@ impl Publisher {
         Ok(())
     }
 
-    /// Retention and the backlog warning.
+    fn raise(&mut self, severity: payload::Severity, title: &str, message: &str, source: &str) {
+        if self.alerts.len() == MAX_PENDING_ALERTS {
+            self.alerts.pop_front();
+        }
+        self.alerts.push_back(payload::alert(severity, title, message, source));
+    }
+
+    /// Device down / recovered alerts from the services' readiness.
+    fn watch_devices(&mut self) {
+        let now: BTreeMap<String, String> = self
+            .readiness
+            .report()
+            .into_iter()
+            .filter_map(|(name, state)| match state {
+                ServiceState::Degraded(reason) => Some((name, reason)),
+                _ => None,
+            })
+            .collect();
+        for (service, reason) in &now {
+            if self.degraded.get(service) != Some(reason) {
+                self.raise(payload::Severity::Error, "Device down", reason, service);
+            }
+        }
+        let recovered: Vec<String> = self.degraded.keys().filter(|s| !now.contains_key(*s)).cloned().collect();
+        for service in recovered {
+            self.raise(payload::Severity::Info, "Device recovered", &format!("{service} is ready again"), &service);
+        }
+        self.degraded = now;
+    }
+
+    fn send_alerts(&mut self, client: &AsyncClient, conn: &mut Connection) -> Result<(), String> {
+        while conn.connected
+            && let Some(alert) = self.alerts.pop_front()
+        {
+            client
+                .try_publish(alerts_topic(&self.station_id), QoS::AtLeastOnce, false, alert)
+                .map_err(|e| e.to_string())?;
+            conn.queued.push_back(Sent::Alert);
+        }
+        Ok(())
+    }
+
+    /// Retention, the backlog warning and device alerts.
     async fn housekeeping(&mut self) {
+        self.watch_devices();
         let (station_id, config) = (self.station_id.clone(), self.config.clone());
         let outcome = self
             .storage
@@ -339,6 +402,8 @@ impl Publisher {
                         dropped,
                         "MQTT outbox retention dropped undelivered messages"
                     );
+                    let message = format!("{dropped} undelivered inspection messages dropped by the outbox retention");
+                    self.raise(payload::Severity::Critical, "MQTT messages dropped", &message, "mqtt");
                 }
                 let due = self.last_backlog_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
                 if backlog > self.config.outbox_warn_rows && due {

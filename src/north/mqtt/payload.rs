@@ -18,3 +18,41 @@ pub(super) fn inspection(record: &InspectionRecord, station_seq: i64) -> Vec<u8>
     let message = InspectionMessage { message_seq: station_seq, inspection: InspectionDto::from(record) };
     serde_json::to_vec(&message).expect("plain data serialises")
 }
+
+/// Severity of an alert, as the inspection seed's alerts use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Severity {
+    Info,
+    Error,
+    Critical,
+}
+
+#[derive(Serialize)]
+struct AlertMessage<'a> {
+    id: String,
+    severity: &'static str,
+    title: &'a str,
+    message: &'a str,
+    source: &'a str,
+    timestamp: String,
+    acknowledged: bool,
+}
+
+/// The seed's alert shape (`id, severity, title, message, timestamp, acknowledged`) plus
+/// `source`, the service or device it concerns.
+pub(super) fn alert(severity: Severity, title: &str, message: &str, source: &str) -> Vec<u8> {
+    let message = AlertMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        severity: match severity {
+            Severity::Info => "info",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        },
+        title,
+        message,
+        source,
+        timestamp: crate::north::api::dto::rfc3339(chrono::Utc::now()),
+        acknowledged: false,
+    };
+    serde_json::to_vec(&message).expect("plain data serialises")
+}
