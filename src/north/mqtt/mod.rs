@@ -164,6 +164,26 @@ struct Connection {
     in_flight: Option<(i64, Option<u16>)>,
 }
 
+impl Connection {
+    /// rumqttc reported the packet id of the oldest queued publish.
+    fn published(&mut self, pkid: u16) {
+        if let Some(Sent::Outbox(seq)) = self.queued.pop_front()
+            && let Some((in_flight, pending_pkid)) = &mut self.in_flight
+            && *in_flight == seq
+        {
+            *pending_pkid = Some(pkid);
+        }
+    }
+
+    /// The outbox row a PUBACK acknowledges, if it is the one in flight.
+    fn acked(&self, pkid: u16) -> Option<i64> {
+        match self.in_flight {
+            Some((seq, Some(in_flight_pkid))) if in_flight_pkid == pkid => Some(seq),
+            _ => None,
+        }
+    }
+}
+
 enum Ended {
     Cancelled,
     Lost(String),
@@ -287,29 +307,27 @@ impl Publisher {
                 self.send_alerts(client, conn)?;
                 self.send_next(client, conn).await?;
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(Sent::Outbox(seq)) = conn.queued.pop_front()
-                    && let Some((in_flight, pending_pkid)) = &mut conn.in_flight
-                    && *in_flight == seq
-                {
-                    *pending_pkid = Some(pkid);
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => conn.published(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some((seq, Some(pkid))) = conn.in_flight
-                    && pkid == ack.pkid
-                {
-                    self.storage
-                        .call(move |db| db.mark_delivered(seq, Utc::now()))
-                        .await
-                        .map_err(|e| format!("cannot mark outbox row {seq} delivered: {e}"))?;
-                    conn.in_flight = None;
-                    self.link.send_modify(|l| l.delivered += 1);
+                if let Some(seq) = conn.acked(ack.pkid) {
+                    self.delivered(conn, seq).await?;
                     self.send_next(client, conn).await?;
                 }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The broker acknowledged outbox row `seq`: record it. The row leaves flight either
+    /// way; if the update fails it is simply sent again later (at-least-once).
+    async fn delivered(&mut self, conn: &mut Connection, seq: i64) -> Result<(), String> {
+        conn.in_flight = None;
+        self.storage
+            .call(move |db| db.mark_delivered(seq, Utc::now()))
+            .await
+            .map_err(|e| format!("cannot mark outbox row {seq} delivered: {e}"))?;
+        self.link.send_modify(|l| l.delivered += 1);
         Ok(())
     }
 
@@ -425,20 +443,13 @@ impl Publisher {
         while conn.in_flight.is_some() {
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    if let Some((seq, Some(pkid))) = conn.in_flight
-                        && pkid == ack.pkid
+                    if let Some(seq) = conn.acked(ack.pkid)
+                        && let Err(reason) = self.delivered(conn, seq).await
                     {
-                        let _ = self.storage.call(move |db| db.mark_delivered(seq, Utc::now())).await;
-                        conn.in_flight = None;
+                        tracing::error!(station = self.station_id, cause = reason, "outbox row stays undelivered");
                     }
                 }
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    if let Some(Sent::Outbox(_)) = conn.queued.pop_front()
-                        && let Some((_, pending)) = &mut conn.in_flight
-                    {
-                        *pending = Some(pkid);
-                    }
-                }
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => conn.published(pkid),
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) | Err(_) => break,
             }
