@@ -19,7 +19,7 @@ use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
 use crate::north::{modbus, mqtt, opcua};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
-use crate::supervisor::{Phase, Readiness, ServiceError, ServiceState, Supervisor};
+use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
 use crate::{core_task, inference, storage};
 
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
@@ -208,15 +208,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         if app.readiness.all_ready() {
             tracing::info!(api = %app.api_addr, "stationd ready");
         } else {
-            let degraded: Vec<String> = app
-                .readiness
-                .report()
-                .into_iter()
-                .filter_map(|(name, state)| match state {
-                    ServiceState::Degraded(reason) => Some(format!("{name}: {reason}")),
-                    _ => None,
-                })
-                .collect();
+            let degraded = app.readiness.degraded();
             tracing::error!(api = %app.api_addr, ?degraded, "stationd started degraded");
         }
         tokio::select! {

@@ -11,6 +11,7 @@
 //! systemd's `Restart=on-failure` then restarts the whole daemon, which re-opens devices
 //! from a known state. Per-service restarts come with the device adapters that need them.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -111,6 +112,17 @@ impl Readiness {
 
     pub fn all_ready(&self) -> bool {
         self.report().iter().all(|(_, state)| *state == ServiceState::Ready)
+    }
+
+    /// The degraded services and why, by name.
+    pub fn degraded(&self) -> BTreeMap<String, String> {
+        self.report()
+            .into_iter()
+            .filter_map(|(name, state)| match state {
+                ServiceState::Degraded(reason) => Some((name, reason)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Resolves when every service is ready.
@@ -382,6 +394,7 @@ mod tests {
         readiness.wait_all_settled().await;
         assert!(!readiness.all_ready());
         assert_eq!(readiness.report(), [("camera".to_owned(), ServiceState::Degraded("no images".into()))]);
+        assert_eq!(readiness.degraded(), [("camera".to_owned(), "no images".to_owned())].into());
         assert!(supervisor.shutdown(Duration::from_secs(1)).await);
     }
 }

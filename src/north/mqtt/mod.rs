@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::bus::Notification;
 use crate::config::MqttConfig;
 use crate::storage::Storage;
-use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, ServiceState, Supervisor};
+use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, Supervisor};
 
 pub fn inspection_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/inspection")
@@ -367,15 +367,7 @@ impl Publisher {
 
     /// Device down / recovered alerts from the services' readiness.
     fn watch_devices(&mut self) {
-        let now: BTreeMap<String, String> = self
-            .readiness
-            .report()
-            .into_iter()
-            .filter_map(|(name, state)| match state {
-                ServiceState::Degraded(reason) => Some((name, reason)),
-                _ => None,
-            })
-            .collect();
+        let now = self.readiness.degraded();
         for (service, reason) in &now {
             if self.degraded.get(service) != Some(reason) {
                 self.raise(payload::Severity::Error, "Device down", reason, service);
