@@ -84,7 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let core = Core::new(station_ids.clone());
     let (heartbeat_tx, heartbeat_rx) = watch::channel(Utc::now());
     {
-        let storage = storage.clone();
+        let (storage, station_ids) = (storage.clone(), station_ids.clone());
         supervisor.spawn("core", Phase::Core, move |ctx| {
             core_task::run(core, station_ids, storage, core_ends, heartbeat_tx, ctx)
         });
@@ -94,7 +94,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     }
 
     let mqtt_handle = config.mqtt.clone().map(|mqtt| {
-        let station_ids: Vec<String> = config.stations.keys().cloned().collect();
         let readiness = supervisor.readiness();
         mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications, readiness)
     });
@@ -138,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
                 listener,
                 opcua_config.clone(),
                 &config.state_dir,
-                config.stations.keys().cloned().collect(),
+                station_ids.clone(),
                 inspector.clone(),
                 bus.snapshots.clone(),
                 readiness,

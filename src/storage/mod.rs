@@ -303,8 +303,17 @@ impl Db {
     }
 
     pub fn get(&self, id: Uuid) -> Result<Option<InspectionRecord>, StorageError> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE id = ?1");
-        let record = self.conn.query_row(&sql, [id.to_string()], read_record).optional()?;
+        self.record_where("id = ?1", id.to_string())
+    }
+
+    /// The one record matching `condition` (one `?1` parameter), with its defects.
+    fn record_where(
+        &self,
+        condition: &str,
+        param: impl rusqlite::ToSql,
+    ) -> Result<Option<InspectionRecord>, StorageError> {
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE {condition}");
+        let record = self.conn.prepare_cached(&sql)?.query_row([param], read_record).optional()?;
         record.map(|r| self.with_defects(r)).transpose()
     }
 
@@ -522,9 +531,7 @@ impl Db {
             .query_row([station_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
             .optional()?;
         let Some((seq, station_seq, inspection_seq)) = row else { return Ok(None) };
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE seq = ?1");
-        let record = self.conn.query_row(&sql, [inspection_seq], read_record).optional()?;
-        let record = record.map(|r| self.with_defects(r)).transpose()?;
+        let record = self.record_where("seq = ?1", inspection_seq)?;
         Ok(Some(OutboxMessage { seq, station_seq, record }))
     }
 
