@@ -3,3 +3,4 @@
 //! have a real and a simulated implementation; nothing else in the daemon gets a trait.
 
 pub mod camera;
+pub mod wrench;
