@@ -13,12 +13,13 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::bus::{self, Bus};
-use crate::config::{CameraBackend, Config};
+use crate::config::{CameraBackend, Config, WrenchBackend};
 use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
 use crate::north::{modbus, mqtt, opcua};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
+use crate::south::wrench::{self, SessionConfig, WrenchSettings};
 use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
 use crate::{core_task, inference, storage};
 
@@ -31,6 +32,7 @@ pub struct RunningApp {
     pub modbus_addr: Option<SocketAddr>,
     pub readiness: Readiness,
     pub bus: Bus,
+    pub wrenches: wrench::Wrenches,
     /// Number of REST requests being served.
     pub in_flight: watch::Receiver<usize>,
     supervisor: Supervisor,
@@ -92,6 +94,35 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     if let Some(interval) = sd_notify::watchdog_enabled() {
         supervisor.spawn("watchdog", Phase::Intake, move |ctx| watchdog(interval, heartbeat_rx, ctx.token.clone()));
     }
+
+    let wrenches = {
+        let mut configured = Vec::new();
+        for (id, wrench_config) in &config.wrenches {
+            let (address, port) = match &wrench_config.backend {
+                WrenchBackend::OpenProtocol { address, port } => (address.clone(), *port),
+                WrenchBackend::Sim { interval, nok_ratio } => {
+                    let settings = wrench::sim::SimSettings {
+                        result_interval: *interval,
+                        nok_ratio: *nok_ratio,
+                        ..wrench::sim::SimSettings::default()
+                    };
+                    let sim = wrench::sim::SimController::bind(([127, 0, 0, 1], 0).into(), settings)
+                        .await
+                        .context("cannot bind the wrench simulator")?;
+                    let addr = sim.handle().addr();
+                    // Stopped after the links, so that they can say goodbye to it.
+                    supervisor.spawn(format!("wrench-sim:{id}"), Phase::Publish, move |ctx| async move {
+                        ctx.set_ready();
+                        sim.run(ctx.token.clone()).await;
+                        Ok(())
+                    });
+                    (addr.ip().to_string(), addr.port())
+                }
+            };
+            configured.push(wrench_settings(id, wrench_config, address, port));
+        }
+        wrench::spawn(&mut supervisor, configured, storage.clone(), bus.events.clone())
+    };
 
     let mqtt_handle = config.mqtt.clone().map(|mqtt| {
         let readiness = supervisor.readiness();
@@ -158,6 +189,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         in_flight: Arc::new(in_flight_tx),
         mqtt: mqtt_handle,
         opcua: opcua_handle,
+        wrenches: wrenches.clone(),
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 
@@ -167,10 +199,34 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         modbus_addr,
         readiness: supervisor.readiness(),
         bus,
+        wrenches,
         in_flight: in_flight_rx,
         supervisor,
         shutdown_deadline: config.shutdown_deadline,
     })
+}
+
+/// A configured wrench's link settings.
+fn wrench_settings(id: &str, config: &crate::config::WrenchConfig, address: String, port: u16) -> WrenchSettings {
+    WrenchSettings {
+        station_id: config.station.clone(),
+        manufacturer: config.manufacturer.clone(),
+        model: config.model.clone(),
+        configured: true,
+        reconnect_max: config.reconnect_max,
+        busy_backoff: config.busy_backoff,
+        set_time_on_connect: config.set_time_on_connect,
+        session: SessionConfig {
+            result_revision: config.result_revision,
+            link_level: config.link_level_acks,
+            keep_alive: config.keep_alive,
+            link_timeout: config.link_timeout,
+            reply_timeout: config.reply_timeout,
+            backfill_limit: config.backfill_limit,
+            ..SessionConfig::default()
+        },
+        ..WrenchSettings::new(id, address, port)
+    }
 }
 
 impl RunningApp {

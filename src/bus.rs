@@ -32,11 +32,34 @@ pub struct InspectionSummary {
     pub inspected_at: DateTime<Utc>,
 }
 
+/// The facts of one stored tightening (a wrench result committed to storage).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TighteningSummary {
+    /// Storage sequence number.
+    pub seq: i64,
+    pub wrench_id: String,
+    pub station_id: Option<String>,
+    /// The controller's own result number.
+    pub tightening_id: u64,
+    pub ok: bool,
+    /// Integer hundredths of `torque_unit`, as the controller sent it.
+    pub torque: i64,
+    pub torque_unit: String,
+    pub angle: i64,
+    pub pset: Option<u32>,
+    pub batch_counter: Option<u32>,
+    /// Fetched after a link outage rather than pushed live.
+    pub backfilled: bool,
+    pub received_at: DateTime<Utc>,
+}
+
 /// Inputs to the core. Every input is one variant; there are no callbacks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// An inspection was committed to storage (never sent before the commit).
     InspectionRecorded(InspectionSummary),
+    /// A wrench result was committed to storage (never sent before the commit).
+    TighteningRecorded(TighteningSummary),
     /// The clock moved on: windows expire, the heartbeat advances.
     Tick,
 }
@@ -51,6 +74,7 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notification {
     InspectionCompleted(Arc<InspectionSummary>),
+    TighteningCompleted(Arc<TighteningSummary>),
 }
 
 /// A consistent read-side view of the station, replaced whole after every event.

@@ -40,6 +40,35 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// `None` when the OPC-UA server is disabled.
     pub opcua: Option<OpcuaConfig>,
+    /// Keyed by wrench id.
+    pub wrenches: BTreeMap<String, WrenchConfig>,
+}
+
+/// One tightening controller (Open Protocol), or an in-process simulator of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrenchConfig {
+    pub backend: WrenchBackend,
+    /// The station its results belong to (MQTT topic, unit records).
+    pub station: Option<String>,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub result_revision: u16,
+    pub link_level_acks: bool,
+    pub keep_alive: Duration,
+    pub link_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub reconnect_max: Duration,
+    pub busy_backoff: Duration,
+    pub set_time_on_connect: bool,
+    pub backfill_limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WrenchBackend {
+    OpenProtocol { address: String, port: u16 },
+    /// An in-process controller simulator on 127.0.0.1, producing a result every
+    /// `interval` while the tool is enabled.
+    Sim { interval: Option<Duration>, nok_ratio: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +279,149 @@ pub(crate) struct RawConfig {
     modbus: Option<RawModbus>,
     mqtt: Option<RawMqtt>,
     opcua: Option<RawOpcua>,
+    #[serde(default)]
+    wrenches: BTreeMap<String, RawWrench>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWrench {
+    backend: String,
+    address: Option<String>,
+    #[serde(default = "default_wrench_port")]
+    port: u16,
+    station: Option<String>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    #[serde(default = "default_result_revision")]
+    result_revision: u16,
+    #[serde(default = "default_true")]
+    link_level_acks: bool,
+    #[serde(default = "default_wrench_keep_alive_s")]
+    keep_alive_s: u64,
+    #[serde(default = "default_link_timeout_s")]
+    link_timeout_s: u64,
+    #[serde(default = "default_reply_timeout_s")]
+    reply_timeout_s: u64,
+    #[serde(default = "default_reconnect_max_s")]
+    reconnect_max_s: u64,
+    #[serde(default = "default_busy_backoff_s")]
+    busy_backoff_s: u64,
+    #[serde(default)]
+    set_time_on_connect: bool,
+    #[serde(default = "default_backfill_limit")]
+    backfill_limit: u64,
+    sim_interval_ms: Option<u64>,
+    #[serde(default)]
+    sim_nok_ratio: f64,
+}
+
+fn default_wrench_port() -> u16 {
+    4545
+}
+fn default_result_revision() -> u16 {
+    7
+}
+fn default_true() -> bool {
+    true
+}
+fn default_wrench_keep_alive_s() -> u64 {
+    10
+}
+fn default_link_timeout_s() -> u64 {
+    15
+}
+fn default_reply_timeout_s() -> u64 {
+    10
+}
+fn default_reconnect_max_s() -> u64 {
+    5
+}
+fn default_busy_backoff_s() -> u64 {
+    15
+}
+fn default_backfill_limit() -> u64 {
+    1000
+}
+
+impl RawWrench {
+    fn validate(self, id: &str, stations: &BTreeMap<String, StationConfig>) -> Result<WrenchConfig, ConfigError> {
+        let key = |name: &str| format!("wrenches.{id}.{name}");
+        let backend = match self.backend.as_str() {
+            "open-protocol" => {
+                let address = self.address.filter(|a| !a.trim().is_empty()).ok_or_else(|| {
+                    ConfigError::invalid(key("address"), "is required with backend = \"open-protocol\"")
+                })?;
+                if self.port == 0 {
+                    return Err(ConfigError::invalid(key("port"), "must not be 0"));
+                }
+                if self.sim_interval_ms.is_some() {
+                    return Err(ConfigError::invalid(key("sim_interval_ms"), "is only for backend = \"sim\""));
+                }
+                WrenchBackend::OpenProtocol { address, port: self.port }
+            }
+            "sim" => {
+                if self.address.is_some() {
+                    return Err(ConfigError::invalid(key("address"), "is not used with backend = \"sim\""));
+                }
+                if !(0.0..=1.0).contains(&self.sim_nok_ratio) {
+                    return Err(ConfigError::invalid(key("sim_nok_ratio"), "must be between 0 and 1"));
+                }
+                WrenchBackend::Sim {
+                    interval: self.sim_interval_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
+                    nok_ratio: self.sim_nok_ratio,
+                }
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    key("backend"),
+                    format!("{other:?} is not one of \"open-protocol\", \"sim\""),
+                ));
+            }
+        };
+        if let Some(station) = &self.station
+            && !stations.contains_key(station)
+        {
+            return Err(ConfigError::invalid(key("station"), format!("no station {station:?} under [stations]")));
+        }
+        if !((1..=7).contains(&self.result_revision) || self.result_revision == 999) {
+            return Err(ConfigError::invalid(key("result_revision"), "must be 1 to 7, or 999"));
+        }
+        // The controller drops a client after 15 s without traffic.
+        if !(1..=14).contains(&self.keep_alive_s) {
+            return Err(ConfigError::invalid(key("keep_alive_s"), "must be 1 to 14 (controllers time out at 15 s)"));
+        }
+        if self.link_timeout_s <= self.keep_alive_s {
+            return Err(ConfigError::invalid(key("link_timeout_s"), "must be longer than keep_alive_s"));
+        }
+        if !(1..=60).contains(&self.reply_timeout_s) {
+            return Err(ConfigError::invalid(key("reply_timeout_s"), "must be 1 to 60"));
+        }
+        if !(1..=300).contains(&self.reconnect_max_s) {
+            return Err(ConfigError::invalid(key("reconnect_max_s"), "must be 1 to 300"));
+        }
+        if self.busy_backoff_s < 15 {
+            return Err(ConfigError::invalid(
+                key("busy_backoff_s"),
+                "must be at least 15 (a controller holds a dropped session that long)",
+            ));
+        }
+        Ok(WrenchConfig {
+            backend,
+            station: self.station,
+            manufacturer: self.manufacturer,
+            model: self.model,
+            result_revision: self.result_revision,
+            link_level_acks: self.link_level_acks,
+            keep_alive: Duration::from_secs(self.keep_alive_s),
+            link_timeout: Duration::from_secs(self.link_timeout_s),
+            reply_timeout: Duration::from_secs(self.reply_timeout_s),
+            reconnect_max: Duration::from_secs(self.reconnect_max_s),
+            busy_backoff: Duration::from_secs(self.busy_backoff_s),
+            set_time_on_connect: self.set_time_on_connect,
+            backfill_limit: self.backfill_limit,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -602,6 +774,11 @@ impl RawConfig {
             Some(raw) if raw.enabled => Some(raw.validate()?),
             _ => None,
         };
+        let mut wrenches = BTreeMap::new();
+        for (id, raw) in self.wrenches {
+            check_id(&format!("wrenches.{id}"), &id)?;
+            wrenches.insert(id.clone(), raw.validate(&id, &stations)?);
+        }
 
         Ok(Config {
             state_dir: self.state_dir,
@@ -621,6 +798,7 @@ impl RawConfig {
             modbus,
             mqtt,
             opcua,
+            wrenches,
         })
     }
 }
@@ -784,7 +962,8 @@ mod tests {
     /// added there too. Commented-out keys count as documented.
     #[test]
     fn reference_config_documents_every_key() {
-        let tables = ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt", "opcua", "opcua.users."];
+        let tables =
+            ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt", "opcua", "opcua.users.", "wrenches."];
         let keys = [
             ("", "state_dir"),
             ("", "shutdown_deadline_ms"),
@@ -831,6 +1010,23 @@ mod tests {
             ("opcua", "allow_insecure"),
             ("opcua", "trust_all_client_certs"),
             ("opcua.users.", "password"),
+            ("wrenches.", "backend"),
+            ("wrenches.", "address"),
+            ("wrenches.", "port"),
+            ("wrenches.", "station"),
+            ("wrenches.", "manufacturer"),
+            ("wrenches.", "model"),
+            ("wrenches.", "result_revision"),
+            ("wrenches.", "link_level_acks"),
+            ("wrenches.", "keep_alive_s"),
+            ("wrenches.", "link_timeout_s"),
+            ("wrenches.", "reply_timeout_s"),
+            ("wrenches.", "reconnect_max_s"),
+            ("wrenches.", "busy_backoff_s"),
+            ("wrenches.", "set_time_on_connect"),
+            ("wrenches.", "backfill_limit"),
+            ("wrenches.", "sim_interval_ms"),
+            ("wrenches.", "sim_nok_ratio"),
         ];
         let mut documented = std::collections::HashSet::new();
         let mut table = String::new();

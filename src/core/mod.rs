@@ -74,6 +74,10 @@ impl Core {
                 state.last = Some(summary.clone());
                 vec![Effect::Publish(Notification::InspectionCompleted(summary))]
             }
+            Event::TighteningRecorded(summary) => {
+                // Joined into unit records by the assembly sequencer; for now streamed on.
+                vec![Effect::Publish(Notification::TighteningCompleted(Arc::new(summary)))]
+            }
             Event::Tick => Vec::new(),
         }
     }
@@ -155,7 +159,7 @@ mod tests {
         for (event, now) in script {
             let effects = core.handle(event, t(now));
             for effect in &effects {
-                let Effect::Publish(Notification::InspectionCompleted(s)) = effect;
+                let Effect::Publish(Notification::InspectionCompleted(s)) = effect else { continue };
                 log.push_str(&format!("@{now} publish seq={} {}\n", s.seq, s.decision.as_str()));
             }
             log.push_str(&render(&core.snapshot(t(now))));

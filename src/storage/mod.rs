@@ -11,6 +11,7 @@
 
 mod images;
 mod schema;
+mod tightenings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use uuid::Uuid;
 use crate::core::StationHistory;
 use crate::core::decision::{Decision, Detection};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+
+pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -139,7 +142,13 @@ pub struct OutboxMessage {
     pub seq: i64,
     pub station_seq: i64,
     /// `None` when the record was deleted before it could be announced.
-    pub record: Option<InspectionRecord>,
+    pub record: Option<OutboxRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxRecord {
+    Inspection(InspectionRecord),
+    Tightening(TighteningRecord),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +272,7 @@ impl Db {
         let seq = tx.last_insert_rowid();
         if self.outbox {
             tx.execute(
-                "INSERT INTO outbox (station_id, station_seq, kind, inspection_seq, created_at_ms)
+                "INSERT INTO outbox (station_id, station_seq, kind, record_seq, created_at_ms)
                  VALUES (?1, (SELECT COALESCE(MAX(station_seq), 0) + 1 FROM outbox WHERE station_id = ?1),
                          'inspection', ?2, ?3)",
                 params![new.station_id, seq, new.inspected_at.timestamp_millis()],
@@ -525,13 +534,18 @@ impl Db {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT seq, station_seq, inspection_seq FROM outbox
+                "SELECT seq, station_seq, kind, record_seq FROM outbox
                  WHERE station_id = ?1 AND delivered_at_ms IS NULL ORDER BY seq LIMIT 1",
             )?
-            .query_row([station_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+            .query_row([station_id], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+            })
             .optional()?;
-        let Some((seq, station_seq, inspection_seq)) = row else { return Ok(None) };
-        let record = self.record_where("seq = ?1", inspection_seq)?;
+        let Some((seq, station_seq, kind, record_seq)) = row else { return Ok(None) };
+        let record = match kind.as_str() {
+            "tightening" => self.tightening_by_seq(record_seq)?.map(OutboxRecord::Tightening),
+            _ => self.record_where("seq = ?1", record_seq)?.map(OutboxRecord::Inspection),
+        };
         Ok(Some(OutboxMessage { seq, station_seq, record }))
     }
 
@@ -857,6 +871,13 @@ mod tests {
         assert_eq!(history.last.unwrap().decision, Decision::Fail);
     }
 
+    fn inspection_id(record: &OutboxRecord) -> Uuid {
+        match record {
+            OutboxRecord::Inspection(record) => record.id,
+            OutboxRecord::Tightening(_) => Uuid::nil(),
+        }
+    }
+
     #[test]
     fn outbox_rows_commit_with_their_record_and_drain_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -866,10 +887,10 @@ mod tests {
         let second = db.insert_inspection(new_inspection("a", Decision::Fail, t(0))).unwrap();
         assert_eq!(db.outbox_backlog("a").unwrap().0, 2);
         let next = db.next_outbox("a").unwrap().unwrap();
-        assert_eq!((next.station_seq, next.record.as_ref().map(|r| r.id)), (1, Some(first.id)));
+        assert_eq!((next.station_seq, next.record.as_ref().map(inspection_id)), (1, Some(first.id)));
         db.mark_delivered(next.seq, t(0)).unwrap();
         let next = db.next_outbox("a").unwrap().unwrap();
-        assert_eq!((next.station_seq, next.record.as_ref().map(|r| r.id)), (2, Some(second.id)));
+        assert_eq!((next.station_seq, next.record.as_ref().map(inspection_id)), (2, Some(second.id)));
         assert_eq!(db.next_outbox("b").unwrap().unwrap().station_seq, 1, "numbered per station");
         // A deleted record leaves its message, announcing nothing.
         db.delete(second.id).unwrap();

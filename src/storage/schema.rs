@@ -49,6 +49,61 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (station_id, station_seq)
     );
     CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
+    // 3: tightening results from Open Protocol wrenches, unique per (wrench, controller
+    // tightening ID) so a re-sent or backfilled result is stored once; the outbox learns a
+    // second kind (SQLite cannot alter a CHECK, so the table is rebuilt); and settings
+    // changed at runtime (release control).
+    "CREATE TABLE tightenings (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        wrench_id        TEXT NOT NULL,
+        tightening_id    INTEGER NOT NULL,
+        station_id       TEXT,
+        source           TEXT NOT NULL CHECK (source IN ('live', 'backfill')),
+        status           TEXT NOT NULL CHECK (status IN ('ok', 'nok')),
+        torque_status    TEXT CHECK (torque_status IN ('low', 'ok', 'high')),
+        angle_status     TEXT CHECK (angle_status IN ('low', 'ok', 'high')),
+        batch_status     TEXT,
+        pset             INTEGER,
+        job_id           INTEGER,
+        batch_size       INTEGER,
+        batch_counter    INTEGER,
+        torque           INTEGER NOT NULL,
+        torque_min       INTEGER,
+        torque_max       INTEGER,
+        torque_target    INTEGER,
+        torque_unit      TEXT NOT NULL,
+        angle            INTEGER NOT NULL,
+        angle_min        INTEGER,
+        angle_max        INTEGER,
+        angle_target     INTEGER,
+        vin              TEXT,
+        tool_serial      TEXT,
+        controller_name  TEXT,
+        controller_time  TEXT NOT NULL,
+        mid_revision     INTEGER NOT NULL,
+        received_at_ms   INTEGER NOT NULL,
+        UNIQUE (wrench_id, tightening_id)
+    );
+    CREATE INDEX tightenings_time ON tightenings (received_at_ms);
+    CREATE TABLE outbox_v3 (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        station_id      TEXT NOT NULL,
+        station_seq     INTEGER NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('inspection', 'tightening')),
+        record_seq      INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        UNIQUE (station_id, station_seq)
+    );
+    INSERT INTO outbox_v3 (seq, station_id, station_seq, kind, record_seq, created_at_ms, delivered_at_ms)
+        SELECT seq, station_id, station_seq, kind, inspection_seq, created_at_ms, delivered_at_ms FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

@@ -242,3 +242,81 @@ pub struct OpcuaStatusDto {
     pub station_count: usize,
     pub nodes: Vec<String>,
 }
+
+/// A stored tightening, as `GET /api/v1/tightenings` and the MQTT tightening topic give it.
+/// Torques are the controller's integer hundredths shown as decimals of `torque_unit`.
+#[derive(Debug, Serialize)]
+pub struct TighteningDto {
+    pub id: i64,
+    pub wrench_id: String,
+    pub station_id: Option<String>,
+    pub tightening_id: u64,
+    pub status: &'static str,
+    pub source: &'static str,
+    pub torque: f64,
+    pub torque_min: Option<f64>,
+    pub torque_max: Option<f64>,
+    pub torque_target: Option<f64>,
+    pub torque_unit: String,
+    pub torque_status: Option<String>,
+    pub angle: i64,
+    pub angle_min: Option<i64>,
+    pub angle_max: Option<i64>,
+    pub angle_target: Option<i64>,
+    pub angle_status: Option<String>,
+    pub program_nr: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub batch_counter: Option<u32>,
+    pub batch_status: Option<String>,
+    pub vin: Option<String>,
+    pub tool_serial: Option<String>,
+    pub controller_name: Option<String>,
+    pub controller_time: String,
+    pub received_at: String,
+}
+
+fn hundredths(value: i64) -> f64 {
+    value as f64 / 100.0
+}
+
+impl From<&crate::storage::TighteningRecord> for TighteningDto {
+    fn from(record: &crate::storage::TighteningRecord) -> TighteningDto {
+        let t = &record.tightening;
+        TighteningDto {
+            id: record.seq,
+            wrench_id: t.wrench_id.clone(),
+            station_id: t.station_id.clone(),
+            tightening_id: t.tightening_id,
+            status: if t.ok { "ok" } else { "nok" },
+            source: if t.backfilled { "backfill" } else { "live" },
+            torque: hundredths(t.torque),
+            torque_min: t.torque_min.map(hundredths),
+            torque_max: t.torque_max.map(hundredths),
+            torque_target: t.torque_target.map(hundredths),
+            torque_unit: t.torque_unit.clone(),
+            torque_status: t.torque_status.clone(),
+            angle: t.angle,
+            angle_min: t.angle_min,
+            angle_max: t.angle_max,
+            angle_target: t.angle_target,
+            angle_status: t.angle_status.clone(),
+            program_nr: t.pset,
+            batch_size: t.batch_size,
+            batch_counter: t.batch_counter,
+            batch_status: t.batch_status.clone(),
+            vin: t.vin.clone(),
+            tool_serial: t.tool_serial.clone(),
+            controller_name: t.controller_name.clone(),
+            controller_time: t.controller_time.clone(),
+            received_at: rfc3339(t.received_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TighteningList {
+    pub items: Vec<TighteningDto>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+}

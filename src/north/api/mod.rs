@@ -5,6 +5,7 @@
 pub(crate) mod dto;
 mod error;
 mod routes;
+mod wrenches;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct ApiState {
     pub mqtt: Option<crate::north::mqtt::MqttHandle>,
     /// `None` when OPC-UA is disabled.
     pub opcua: Option<crate::north::opcua::OpcuaHandle>,
+    pub wrenches: crate::south::wrench::Wrenches,
 }
 
 /// Room for the multipart envelope and the text fields around the file.
@@ -53,7 +55,27 @@ pub fn router(state: ApiState) -> Router {
         .route("/statistics/trends", get(routes::trends))
         .route("/stations", get(routes::stations))
         .route("/mqtt/status", get(routes::mqtt_status))
-        .route("/opcua/status", get(routes::opcua_status));
+        .route("/opcua/status", get(routes::opcua_status))
+        .route("/wrenches", get(wrenches::list))
+        .route("/wrenches/connect", post(wrenches::connect))
+        .route("/wrenches/disconnect", post(wrenches::disconnect))
+        .route("/wrenches/status", get(wrenches::status))
+        .route("/wrenches/discover", get(wrenches::discover))
+        .route("/wrenches/toggle", post(wrenches::toggle))
+        .route("/wrenches/state", get(wrenches::state))
+        .route("/wrenches/program", post(wrenches::program))
+        .route("/wrenches/sequence", post(wrenches::sequence))
+        .route("/wrenches/clear", post(wrenches::clear))
+        .route("/wrenches/cancel", post(wrenches::cancel))
+        .route("/wrenches/vin", post(wrenches::vin))
+        .route("/wrenches/release", post(wrenches::release))
+        .route(
+            "/settings/release-control",
+            get(wrenches::get_release_control).post(wrenches::set_release_control),
+        )
+        .route("/settings/torque", get(wrenches::get_torque_settings).put(wrenches::put_torque_settings))
+        .route("/tightenings", get(wrenches::list_tightenings))
+        .route("/tightenings/{id}", get(wrenches::get_tightening));
     Router::new()
         .nest("/api/v1", api)
         .fallback(routes::not_found)

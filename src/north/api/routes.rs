@@ -199,7 +199,7 @@ fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::new(err.status(), format!("bad multipart body: {}", err.body_text()))
 }
 
-fn query_error(err: QueryRejection) -> ApiError {
+pub(super) fn query_error(err: QueryRejection) -> ApiError {
     ApiError::unprocessable(format!("bad query: {}", err.body_text()))
 }
 

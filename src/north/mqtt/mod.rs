@@ -24,11 +24,15 @@ use tokio::time::Instant;
 
 use crate::bus::Notification;
 use crate::config::MqttConfig;
-use crate::storage::Storage;
+use crate::storage::{OutboxRecord, Storage};
 use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, Supervisor};
 
 pub fn inspection_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/inspection")
+}
+
+pub fn tightening_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/tightening")
 }
 
 pub fn status_topic(station_id: &str) -> String {
@@ -269,6 +273,9 @@ impl Publisher {
                 notification = notifications.recv() => {
                     let ours = match &notification {
                         Ok(Notification::InspectionCompleted(summary)) => summary.station_id == self.station_id,
+                        Ok(Notification::TighteningCompleted(summary)) => {
+                            summary.station_id.as_deref() == Some(self.station_id.as_str())
+                        }
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => false,
                     };
@@ -348,9 +355,16 @@ impl Publisher {
                 self.storage.call(move |db| db.mark_delivered(seq, Utc::now())).await.map_err(|e| e.to_string())?;
                 continue;
             };
-            let body = payload::inspection(record, message.station_seq);
+            let (topic, body) = match record {
+                OutboxRecord::Inspection(record) => {
+                    (inspection_topic(&self.station_id), payload::inspection(record, message.station_seq))
+                }
+                OutboxRecord::Tightening(record) => {
+                    (tightening_topic(&self.station_id), payload::tightening(record, message.station_seq))
+                }
+            };
             client
-                .try_publish(inspection_topic(&self.station_id), QoS::AtLeastOnce, false, body)
+                .try_publish(topic, QoS::AtLeastOnce, false, body)
                 .map_err(|e| e.to_string())?;
             conn.queued.push_back(Sent::Outbox(message.seq));
             conn.in_flight = Some((message.seq, None));

@@ -1,17 +1,31 @@
 //! MQTT payloads. The inspection message carries the same JSON as the REST API's
 //! `GET /api/v1/inspections/{id}`, plus `message_seq`: 1, 2, 3... per station, so a
-//! subscriber can detect a gap (and deduplicate a redelivery by `id`).
+//! subscriber can detect a gap (and deduplicate a redelivery by `id`). Tightenings go
+//! the same way on their own topic, numbered in the same per-station sequence.
 
 use serde::Serialize;
 
-use crate::north::api::dto::InspectionDto;
-use crate::storage::InspectionRecord;
+use crate::north::api::dto::{InspectionDto, TighteningDto};
+use crate::storage::{InspectionRecord, TighteningRecord};
 
 #[derive(Serialize)]
 struct InspectionMessage {
     message_seq: i64,
     #[serde(flatten)]
     inspection: InspectionDto,
+}
+
+#[derive(Serialize)]
+struct TighteningMessage {
+    message_seq: i64,
+    #[serde(flatten)]
+    tightening: TighteningDto,
+}
+
+/// The same JSON as `GET /api/v1/tightenings/{id}`, plus `message_seq`.
+pub(super) fn tightening(record: &TighteningRecord, station_seq: i64) -> Vec<u8> {
+    let message = TighteningMessage { message_seq: station_seq, tightening: TighteningDto::from(record) };
+    serde_json::to_vec(&message).expect("plain data serialises")
 }
 
 pub(super) fn inspection(record: &InspectionRecord, station_seq: i64) -> Vec<u8> {

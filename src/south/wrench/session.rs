@@ -49,6 +49,9 @@ impl Default for SessionConfig {
 
 pub type RequestId = u64;
 
+/// The id of the tool-disable the session sends itself on `stop`.
+pub const SAFE_STATE_REQUEST: RequestId = 0;
+
 /// Control requests an operator or the station can make of the tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -309,15 +312,20 @@ impl Session {
         self.pump(now);
     }
 
-    /// Orderly end: MID 0003 once the request in flight is answered.
+    /// Orderly end: the tool is disabled (its safe state) when the session is ready, then
+    /// MID 0003 goes out once the request in flight is answered. Queued commands fail.
     pub fn stop(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Closed | Phase::Stopping) {
             return;
         }
+        let was_ready = self.phase == Phase::Ready;
         self.phase = Phase::Stopping;
         self.fail_queued_commands();
-        self.requests.retain(|r| matches!(r, Request::Stop));
-        self.requests.push_front(Request::Stop);
+        self.requests.clear();
+        if was_ready {
+            self.requests.push_back(Request::Command(SAFE_STATE_REQUEST, Command::DisableTool));
+        }
+        self.requests.push_back(Request::Stop);
         self.pump(now);
     }
 
@@ -1163,7 +1171,7 @@ mod tests {
     }
 
     #[test]
-    fn stop_sends_0003_and_closes_on_its_answer() {
+    fn stop_disables_the_tool_then_sends_0003() {
         let mut s = Script::new(SessionConfig::default(), None);
         s.recv(info(1, false));
         subscribe_all(&mut s);
@@ -1171,9 +1179,13 @@ mod tests {
         s.log.clear();
         s.session.stop(s.now);
         s.drain();
+        s.recv(Message::Accepted { mid: 42 });
         s.recv(Message::Accepted { mid: 3 });
         s.check(expect![[r#"
             log:
+               -> 0042 rev 1
+            <- 0005 rev 1
+               completed #0: Ok(())
                -> 0003 rev 1
             <- 0005 rev 1
                closed: stopped
