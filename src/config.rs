@@ -65,10 +65,16 @@ pub struct WrenchConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WrenchBackend {
-    OpenProtocol { address: String, port: u16 },
+    OpenProtocol {
+        address: String,
+        port: u16,
+    },
     /// An in-process controller simulator on 127.0.0.1, producing a result every
     /// `interval` while the tool is enabled.
-    Sim { interval: Option<Duration>, nok_ratio: f64 },
+    Sim {
+        interval: Option<Duration>,
+        nok_ratio: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -962,8 +968,18 @@ mod tests {
     /// added there too. Commented-out keys count as documented.
     #[test]
     fn reference_config_documents_every_key() {
-        let tables =
-            ["log", "api", "inference", "cameras.", "stations.", "modbus", "mqtt", "opcua", "opcua.users.", "wrenches."];
+        let tables = [
+            "log",
+            "api",
+            "inference",
+            "cameras.",
+            "stations.",
+            "modbus",
+            "mqtt",
+            "opcua",
+            "opcua.users.",
+            "wrenches.",
+        ];
         let keys = [
             ("", "state_dir"),
             ("", "shutdown_deadline_ms"),

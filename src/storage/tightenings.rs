@@ -124,8 +124,8 @@ impl Db {
         }
         tx.commit()?;
         let mut tightening = new;
-        tightening.received_at =
-            DateTime::from_timestamp_millis(tightening.received_at.timestamp_millis()).unwrap_or(tightening.received_at);
+        tightening.received_at = DateTime::from_timestamp_millis(tightening.received_at.timestamp_millis())
+            .unwrap_or(tightening.received_at);
         Ok(Some(TighteningRecord { seq, tightening }))
     }
 
@@ -137,6 +137,35 @@ impl Db {
             |row| row.get(0),
         )?;
         Ok(id.map(|id| id as u64))
+    }
+
+    /// What a link needs to know after (re)connecting: the newest stored tightening ID
+    /// (or the controller's newest when the link first came up, the baseline), and the IDs
+    /// missing below it within the newest `window` IDs.
+    pub fn tightening_history(&self, wrench_id: &str, window: u64) -> Result<(Option<u64>, Vec<u64>), StorageError> {
+        let baseline = self.setting(&baseline_key(wrench_id))?.and_then(|v| v.parse::<u64>().ok());
+        let newest = self.newest_tightening_id(wrench_id)?;
+        let Some(top) = newest.max(baseline) else { return Ok((None, Vec::new())) };
+        let floor = top.saturating_sub(window).max(baseline.unwrap_or(0));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tightening_id FROM tightenings WHERE wrench_id = ?1 AND tightening_id > ?2 ORDER BY tightening_id",
+        )?;
+        let stored = stmt
+            .query_map(params![wrench_id, floor as i64], |row| row.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut missing = Vec::new();
+        let mut expected = floor + 1;
+        for id in stored.into_iter().map(|id| id as u64) {
+            missing.extend(expected..id);
+            expected = id + 1;
+        }
+        Ok((Some(top), missing))
+    }
+
+    /// The controller's newest tightening ID when a link first came up with nothing
+    /// stored: results up to it happened before stationd watched and are not fetched.
+    pub fn set_tightening_baseline(&mut self, wrench_id: &str, id: u64) -> Result<(), StorageError> {
+        self.put_setting(&baseline_key(wrench_id), &id.to_string())
     }
 
     pub fn tightening_by_seq(&self, seq: i64) -> Result<Option<TighteningRecord>, StorageError> {
@@ -206,6 +235,10 @@ impl Db {
         )?;
         Ok(())
     }
+}
+
+fn baseline_key(wrench_id: &str) -> String {
+    format!("wrench_baseline:{wrench_id}")
 }
 
 fn read_tightening(row: &rusqlite::Row<'_>) -> rusqlite::Result<TighteningRecord> {
@@ -291,14 +324,29 @@ mod tests {
         db.insert_tightening(sample("w1", 9)).unwrap().unwrap();
         assert_eq!(db.newest_tightening_id("w1").unwrap(), Some(9));
         assert_eq!(db.tightening_by_seq(first.seq).unwrap(), Some(first));
-        let (records, total) =
-            db.list_tightenings(&TighteningFilter { wrench_id: Some("w1".into()), ..Default::default() }, 10, 0).unwrap();
+        let (records, total) = db
+            .list_tightenings(&TighteningFilter { wrench_id: Some("w1".into()), ..Default::default() }, 10, 0)
+            .unwrap();
         assert_eq!(total, 2);
         assert_eq!(records.iter().map(|r| r.tightening.tightening_id).collect::<Vec<_>>(), [9, 7]);
         // Outbox rows are numbered per station across kinds.
         let message = db.next_outbox("station-1").unwrap().unwrap();
         assert_eq!(message.station_seq, 1);
         assert!(matches!(message.record, Some(crate::storage::OutboxRecord::Tightening(_))));
+    }
+
+    #[test]
+    fn history_names_the_gaps_below_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), false).unwrap();
+        assert_eq!(db.tightening_history("w1", 100).unwrap(), (None, vec![]));
+        db.set_tightening_baseline("w1", 10).unwrap();
+        assert_eq!(db.tightening_history("w1", 100).unwrap(), (Some(10), vec![]));
+        for id in [12, 13, 16] {
+            db.insert_tightening(sample("w1", id)).unwrap();
+        }
+        assert_eq!(db.tightening_history("w1", 100).unwrap(), (Some(16), vec![11, 14, 15]));
+        assert_eq!(db.tightening_history("w1", 3).unwrap(), (Some(16), vec![14, 15]), "bounded by the window");
     }
 
     #[test]

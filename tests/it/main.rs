@@ -10,3 +10,4 @@ mod opcua;
 mod shutdown;
 mod support;
 mod tidy;
+mod wrench;

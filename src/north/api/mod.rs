@@ -69,10 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/wrenches/cancel", post(wrenches::cancel))
         .route("/wrenches/vin", post(wrenches::vin))
         .route("/wrenches/release", post(wrenches::release))
-        .route(
-            "/settings/release-control",
-            get(wrenches::get_release_control).post(wrenches::set_release_control),
-        )
+        .route("/settings/release-control", get(wrenches::get_release_control).post(wrenches::set_release_control))
         .route("/settings/torque", get(wrenches::get_torque_settings).put(wrenches::put_torque_settings))
         .route("/tightenings", get(wrenches::list_tightenings))
         .route("/tightenings/{id}", get(wrenches::get_tightening));

@@ -49,7 +49,11 @@ impl From<WrenchError> for ApiError {
 
 fn json_error(err: JsonRejection) -> ApiError {
     ApiError::new(
-        if err.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE { err.status() } else { StatusCode::UNPROCESSABLE_ENTITY },
+        if err.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            err.status()
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        },
         format!("bad request body: {}", err.body_text()),
     )
 }
@@ -234,7 +238,10 @@ pub async fn connect(
         return Err(ApiError::unprocessable("connection_parameters.result_revision must be 1 to 7, or 999"));
     }
     let id = params.id.unwrap_or_else(|| {
-        format!("{address}-{port}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect()
+        format!("{address}-{port}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .collect()
     });
     let mut settings = WrenchSettings::new(id.clone(), address, port);
     settings.station_id = params.station_id;
@@ -254,7 +261,8 @@ pub async fn connect(
         state.wrenches.connect(settings)?;
         state.wrenches.watch(&id).ok_or_else(|| ApiError::from(WrenchError::Stopped))?
     };
-    let _ = tokio::time::timeout(wait, watch.wait_for(|s| matches!(s.link, LinkState::Up | LinkState::Down { .. }))).await;
+    let _ =
+        tokio::time::timeout(wait, watch.wait_for(|s| matches!(s.link, LinkState::Up | LinkState::Down { .. }))).await;
     let dto = dto(&state.wrenches, &id)?;
     if dto.link_state == "connected" {
         Ok((StatusCode::OK, ok(dto)).into_response())
@@ -417,11 +425,7 @@ pub async fn toggle(
 }
 
 fn check_program(pset: u32) -> Result<u32, ApiError> {
-    if (1..=999).contains(&pset) {
-        Ok(pset)
-    } else {
-        Err(ApiError::unprocessable("program_nr must be 1 to 999"))
-    }
+    if (1..=999).contains(&pset) { Ok(pset) } else { Err(ApiError::unprocessable("program_nr must be 1 to 999")) }
 }
 
 pub async fn state(
@@ -688,8 +692,7 @@ pub async fn list_tightenings(
         since: query.since,
         until: query.until,
     };
-    let (records, total) =
-        state.inspector.storage.call(move |db| db.list_tightenings(&filter, limit, offset)).await?;
+    let (records, total) = state.inspector.storage.call(move |db| db.list_tightenings(&filter, limit, offset)).await?;
     Ok(Json(TighteningList { items: records.iter().map(TighteningDto::from).collect(), total, limit, offset }))
 }
 

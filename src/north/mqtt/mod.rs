@@ -363,9 +363,7 @@ impl Publisher {
                     (tightening_topic(&self.station_id), payload::tightening(record, message.station_seq))
                 }
             };
-            client
-                .try_publish(topic, QoS::AtLeastOnce, false, body)
-                .map_err(|e| e.to_string())?;
+            client.try_publish(topic, QoS::AtLeastOnce, false, body).map_err(|e| e.to_string())?;
             conn.queued.push_back(Sent::Outbox(message.seq));
             conn.in_flight = Some((message.seq, None));
         }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use super::messages::{BatchStatus, LimitStatus, Tightening};
-use super::session::{Backoff, CloseReason, Command, CommandError, Output, ResultSource, Session, SessionEvent};
+use super::session::{
+    Backoff, CloseReason, Command, CommandError, Output, ResultHistory, ResultSource, Session, SessionEvent,
+};
 use super::{LinkState, WrenchError, WrenchSettings, WrenchStatus};
 use crate::bus::{Event, TighteningSummary};
 use crate::storage::{NewTightening, Storage};
@@ -30,7 +32,11 @@ use crate::storage::{NewTightening, Storage};
 pub enum LinkRequest {
     Command(Command, oneshot::Sender<Result<(), WrenchError>>),
     /// Release the tool for `count` OK tightenings with `pset` (release control).
-    Release { pset: Option<u32>, count: u32, reply: oneshot::Sender<Result<(), WrenchError>> },
+    Release {
+        pset: Option<u32>,
+        count: u32,
+        reply: oneshot::Sender<Result<(), WrenchError>>,
+    },
     /// Lock (disable and refuse enables) or unlock the tool.
     Lock(bool, oneshot::Sender<Result<(), WrenchError>>),
     /// Forget the local error and alarm state.
@@ -155,15 +161,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     token: &CancellationToken,
 ) -> (CloseReason, bool) {
     let wrench_id = settings.id.clone();
-    let newest = {
-        let id = wrench_id.clone();
-        match ctx.storage.call(move |db| db.newest_tightening_id(&id)).await {
-            Ok(newest) => newest,
+    let history = {
+        let (id, window) = (wrench_id.clone(), settings.session.backfill_limit);
+        match ctx.storage.call(move |db| db.tightening_history(&id, window)).await {
+            Ok((newest, missing)) => ResultHistory { newest, missing },
             Err(err) => return (CloseReason::Protocol(format!("storage: {err}")), false),
         }
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut session = Session::new(settings.session.clone(), newest, now());
+    let mut session = Session::new(settings.session.clone(), history, now());
     let mut waiters: HashMap<u64, Waiter> = HashMap::new();
     let mut next_id = 0u64;
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
@@ -188,7 +194,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Output::Persist { tightening, source, ack } => {
                     let ok = tightening.ok;
-                    match persist(settings, ctx, tightening, source).await {
+                    match persist(settings, ctx, *tightening, source).await {
                         Ok(()) => {
                             session.on_persisted(ack, now());
                             if ok && source == ResultSource::Live {
@@ -229,6 +235,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         internal(&mut session, &mut waiters, &mut next_id, Command::DisableTool, "disable tool");
                     }
                 }
+                Output::Baseline(newest) => {
+                    tracing::info!(wrench = wrench_id, newest, "first link: results up to this one predate stationd");
+                    let id = wrench_id.clone();
+                    if let Err(err) = ctx.storage.call(move |db| db.set_tightening_baseline(&id, newest)).await {
+                        session.on_link_lost(CloseReason::Protocol(format!("storage: {err}")));
+                    }
+                }
                 Output::Event(event) => on_event(&wrench_id, &ctx.status, event),
                 Output::Completed(id, result) => {
                     let Some(waiter) = waiters.remove(&id) else { continue };
@@ -257,7 +270,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        let deadline = session.next_deadline().map(Instant::from_std).unwrap_or_else(|| now_tokio() + Duration::from_secs(3600));
+        let deadline =
+            session.next_deadline().map(Instant::from_std).unwrap_or_else(|| now_tokio() + Duration::from_secs(3600));
         let deadline = stop_deadline.map_or(deadline, |stop| stop.min(deadline));
         tokio::select! {
             read = reader.read(&mut chunk) => match read {
@@ -322,7 +336,13 @@ fn now_tokio() -> Instant {
     Instant::now()
 }
 
-fn internal(session: &mut Session, waiters: &mut HashMap<u64, Waiter>, next_id: &mut u64, command: Command, what: &'static str) {
+fn internal(
+    session: &mut Session,
+    waiters: &mut HashMap<u64, Waiter>,
+    next_id: &mut u64,
+    command: Command,
+    what: &'static str,
+) {
     *next_id += 1;
     waiters.insert(*next_id, Waiter::new(&command, what, None));
     session.command(*next_id, command, now());

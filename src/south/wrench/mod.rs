@@ -292,7 +292,9 @@ impl Wrenches {
 
     /// Switches release control and stores the choice, so it survives a restart.
     pub async fn set_release_control(&self, enabled: bool) -> Result<(), crate::storage::StorageError> {
-        self.storage.call(move |db| db.put_setting(RELEASE_CONTROL_KEY, if enabled { "true" } else { "false" })).await?;
+        self.storage
+            .call(move |db| db.put_setting(RELEASE_CONTROL_KEY, if enabled { "true" } else { "false" }))
+            .await?;
         self.release_control.send_replace(enabled);
         Ok(())
     }

@@ -173,12 +173,16 @@ pub enum Output {
     Transmit(Telegram),
     /// Commit this result, then call `on_persisted(ack)`.
     Persist {
-        tightening: Tightening,
+        tightening: Box<Tightening>,
         source: ResultSource,
         ack: AckToken,
     },
     /// Handshake and subscriptions done.
     Ready(ControllerInfo),
+    /// First link with nothing stored: the controller's newest tightening ID (0 when it
+    /// has none). Results up to it are history from before stationd watched; store it so
+    /// that later gaps are measured from here.
+    Baseline(u64),
     Event(SessionEvent),
     Completed(RequestId, Result<(), CommandError>),
     /// The link must be dropped; the session is over.
@@ -252,6 +256,13 @@ struct LinkLevel {
     last_received_seq: Option<u8>,
 }
 
+/// What is stored already; see `Session::new`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResultHistory {
+    pub newest: Option<u64>,
+    pub missing: Vec<u64>,
+}
+
 pub struct Session {
     config: SessionConfig,
     phase: Phase,
@@ -266,14 +277,16 @@ pub struct Session {
     last_received: Instant,
     /// Newest tightening ID stored or seen on this link.
     newest_id: Option<u64>,
+    /// Stored results below `newest_id` that are missing; fetched once Ready.
+    missing: Vec<u64>,
     backfill_requested: BTreeSet<u64>,
     outputs: VecDeque<Output>,
 }
 
 impl Session {
-    /// `newest_stored` is the newest tightening ID already in the database for this
-    /// controller; `None` on a first connection (no history is fetched then).
-    pub fn new(config: SessionConfig, newest_stored: Option<u64>, now: Instant) -> Session {
+    /// `history` is what the database holds for this controller: the newest tightening
+    /// ID (`None` before the first link ever came up) and the IDs missing below it.
+    pub fn new(config: SessionConfig, history: ResultHistory, now: Instant) -> Session {
         Session {
             comm_revision: config.comm_revision.clamp(1, 7),
             result_revision: config.result_revision,
@@ -286,7 +299,8 @@ impl Session {
             subscriptions: VecDeque::new(),
             last_sent: now,
             last_received: now,
-            newest_id: newest_stored,
+            newest_id: history.newest,
+            missing: history.missing,
             backfill_requested: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
@@ -474,6 +488,11 @@ impl Session {
         }
         self.controller = Some(info);
         self.phase = Phase::Subscribing;
+        if self.newest_id.is_none() {
+            // First link ever: take the baseline before results are subscribed, so that
+            // every result after it is either pushed or found missing and fetched.
+            self.requests.push_back(Request::Latest);
+        }
         self.subscriptions = Subscription::ALL.into_iter().collect();
         self.requests.extend(Subscription::ALL.map(Request::Subscribe));
         self.pump(now);
@@ -510,7 +529,14 @@ impl Session {
                 };
                 self.outputs.push_back(Output::Completed(id, result));
             }
-            (Request::Latest | Request::Backfill(_), Some(code)) if code == ErrorCode::TIGHTENING_NOT_FOUND => {}
+            (Request::Latest, Some(code)) if code == ErrorCode::TIGHTENING_NOT_FOUND => {
+                // The controller has no results at all.
+                if self.newest_id.is_none() {
+                    self.newest_id = Some(0);
+                    self.outputs.push_back(Output::Baseline(0));
+                }
+            }
+            (Request::Backfill(_), Some(code)) if code == ErrorCode::TIGHTENING_NOT_FOUND => {}
             (Request::Latest | Request::Backfill(_), Some(code)) => {
                 // The controller cannot give us old results: stop asking.
                 self.requests.retain(|r| !matches!(r, Request::Backfill(_)));
@@ -546,9 +572,15 @@ impl Session {
             self.phase = Phase::Ready;
             let info = self.controller.clone().unwrap_or_default();
             self.outputs.push_back(Output::Ready(info));
-            if self.newest_id.is_some() {
-                self.requests.push_back(Request::Latest);
+            // Holes left by an earlier link first, then how far the controller got.
+            let missing = std::mem::take(&mut self.missing);
+            let limit = self.config.backfill_limit as usize;
+            for id in missing.iter().rev().take(limit).rev() {
+                if self.backfill_requested.insert(*id) {
+                    self.requests.push_back(Request::Backfill(*id));
+                }
             }
+            self.requests.push_back(Request::Latest);
         }
     }
 
@@ -569,7 +601,7 @@ impl Session {
             (None, ResultSource::Live) => Some(Message::ResultAck.to_telegram()),
             (None, ResultSource::Backfill) => None,
         };
-        self.outputs.push_back(Output::Persist { tightening, source, ack: AckToken(ack) });
+        self.outputs.push_back(Output::Persist { tightening: Box::new(tightening), source, ack: AckToken(ack) });
         if let Some(gap) = gap {
             self.request_backfill(gap, now);
         }
@@ -577,9 +609,19 @@ impl Session {
     }
 
     fn on_old_result(&mut self, tightening: Tightening, link_ack: Option<Telegram>, now: Instant) {
-        match self.in_flight.as_ref().map(|f| &f.request) {
-            Some(Request::Latest | Request::Backfill(_)) => self.in_flight = None,
-            _ => {}
+        let latest = matches!(self.in_flight.as_ref().map(|f| &f.request), Some(Request::Latest));
+        if matches!(self.in_flight.as_ref().map(|f| &f.request), Some(Request::Latest | Request::Backfill(_))) {
+            self.in_flight = None;
+        }
+        if latest && self.newest_id.is_none() {
+            // First link: the controller's history is not ours to fetch.
+            self.newest_id = Some(tightening.tightening_id);
+            self.outputs.push_back(Output::Baseline(tightening.tightening_id));
+            if let Some(ack) = link_ack {
+                self.transmit_now(ack, now);
+            }
+            self.pump(now);
+            return;
         }
         self.on_result(tightening, ResultSource::Backfill, link_ack, now);
     }
@@ -768,17 +810,20 @@ mod tests {
         log: String,
         /// The controller's sequence counter, for link-level scripts.
         controller_seq: u8,
+        /// Nothing stored: the session takes a baseline first.
+        fresh: bool,
     }
 
     impl Script {
         fn new(config: SessionConfig, newest: Option<u64>) -> Script {
             let t0 = Instant::now();
             let mut script = Script {
-                session: Session::new(config, newest, t0),
+                session: Session::new(config, history(newest), t0),
                 t0,
                 now: t0,
                 log: String::new(),
                 controller_seq: 0,
+                fresh: newest.is_none(),
             };
             script.session.start(t0);
             script.drain();
@@ -841,6 +886,7 @@ mod tests {
                         line
                     }
                     Output::Ready(info) => format!("ready ({})", info.controller_name),
+                    Output::Baseline(id) => format!("baseline {id}"),
                     Output::Event(event) => format!("event {event:?}"),
                     Output::Completed(id, result) => format!("completed #{id}: {result:?}"),
                     Output::Closed(reason) => format!("closed: {reason}"),
@@ -855,6 +901,10 @@ mod tests {
             // output lines' indentation when a log has nothing else.
             expect.assert_eq(&format!("log:\n{}", self.log));
         }
+    }
+
+    fn history(newest: Option<u64>) -> ResultHistory {
+        ResultHistory { newest, missing: Vec::new() }
     }
 
     fn info(revision: u16, sequence_numbers: bool) -> Message {
@@ -878,7 +928,17 @@ mod tests {
         })
     }
 
+    /// Answers the baseline request (fresh sessions), accepts every subscription and
+    /// answers the newest-result request: the controller has no results yet.
     fn subscribe_all(s: &mut Script) {
+        if s.fresh {
+            s.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+        }
+        subscribe_only(s);
+        s.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+    }
+
+    fn subscribe_only(s: &mut Script) {
         for mid in [60, 14, 21, 70, 51] {
             s.recv(Message::Accepted { mid });
         }
@@ -890,6 +950,7 @@ mod tests {
         s.recv(Message::Error { mid: 1, code: ErrorCode(97) });
         s.recv(Message::Error { mid: 1, code: ErrorCode(97) });
         s.recv(info(4, false));
+        s.recv(Message::Error { mid: 64, code: ErrorCode(15) });
         s.recv(Message::Error { mid: 60, code: ErrorCode(97) });
         s.recv(Message::Accepted { mid: 60 });
         s.recv(Message::Accepted { mid: 14 });
@@ -906,6 +967,9 @@ mod tests {
             <- 0004 rev 1
                -> 0001 rev 4
             <- 0002 rev 4
+               -> 0064 rev 1 [0000000000]
+            <- 0004 rev 1
+               baseline 0
                -> 0060 rev 7
             <- 0004 rev 1
                -> 0060 rev 6
@@ -923,6 +987,7 @@ mod tests {
                -> 0051 rev 1
             <- 0005 rev 1
                ready (sim)
+               -> 0064 rev 1 [0000000000]
         "#]]);
     }
 
@@ -950,20 +1015,20 @@ mod tests {
         s.recv(info(2, false));
         subscribe_all(&mut s);
         s.log.clear();
-        s.recv(result(41));
+        s.recv(result(1));
         let acks = s.drain();
         assert!(acks.is_empty(), "rendered already");
         s.check(expect![[r#"
             log:
             <- 0061 rev 7
-               persist 41 Live
+               persist 1 Live
         "#]]);
         // Nothing went out before on_persisted; now the 0062 does.
         let mut s2 = Script::new(SessionConfig::default(), None);
         s2.recv(info(2, false));
         subscribe_all(&mut s2);
         s2.log.clear();
-        s2.session.on_frame(result(42).to_telegram(), s2.now);
+        s2.session.on_frame(result(1).to_telegram(), s2.now);
         let mut acks = Vec::new();
         while let Some(output) = s2.session.poll_output() {
             match output {
@@ -1056,7 +1121,7 @@ mod tests {
     fn a_gap_is_backfilled_with_mid_0064_and_old_results_are_stored() {
         let mut s = Script::new(SessionConfig::default(), Some(10));
         s.recv(info(1, false));
-        subscribe_all(&mut s);
+        subscribe_only(&mut s);
         s.log.clear();
         // After a reconnect: ask for the newest, then fetch what is missing.
         let old = |id| {
@@ -1088,11 +1153,90 @@ mod tests {
     }
 
     #[test]
+    fn first_link_takes_a_baseline_later_links_fill_holes_first() {
+        let old = |id| {
+            let Message::Result(mut t) = result(id) else { unreachable!() };
+            t.revision = 1;
+            Message::OldResult(t)
+        };
+        let mut first = Script::new(SessionConfig::default(), None);
+        first.recv(info(1, false));
+        first.recv(old(500));
+        subscribe_only(&mut first);
+        first.recv(old(501));
+        first.recv(result(503));
+        let mut empty = Script::new(SessionConfig::default(), None);
+        empty.recv(info(1, false));
+        empty.log.clear();
+        empty.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+        first.log.push_str(&empty.log);
+
+        let t0 = Instant::now();
+        let mut later = Script {
+            session: Session::new(
+                SessionConfig::default(),
+                ResultHistory { newest: Some(20), missing: vec![17, 18] },
+                t0,
+            ),
+            t0,
+            now: t0,
+            log: String::new(),
+            controller_seq: 0,
+            fresh: false,
+        };
+        later.session.start(t0);
+        later.recv(info(1, false));
+        subscribe_only(&mut later);
+        later.log.clear();
+        later.recv(old(17));
+        later.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+        later.recv(old(21));
+        first.log.push_str(&later.log);
+        first.check(expect![[r#"
+            log:
+               -> 0001 rev 6
+            <- 0002 rev 1
+               -> 0064 rev 1 [0000000000]
+            <- 0065 rev 1
+               baseline 500
+               -> 0060 rev 7
+            <- 0005 rev 1
+               -> 0014 rev 1
+            <- 0005 rev 1
+               -> 0021 rev 1
+            <- 0005 rev 1
+               -> 0070 rev 1
+            <- 0005 rev 1
+               -> 0051 rev 1
+            <- 0005 rev 1
+               ready (sim)
+               -> 0064 rev 1 [0000000000]
+            <- 0065 rev 1
+               persist 501 Backfill
+            <- 0061 rev 7
+               persist 503 Live
+               -> 0064 rev 1 [0000000502]
+            <- 0004 rev 1
+               baseline 0
+               -> 0060 rev 7
+            <- 0065 rev 1
+               persist 17 Backfill
+               -> 0064 rev 1 [0000000018]
+            <- 0004 rev 1
+               -> 0064 rev 1 [0000000000]
+            <- 0065 rev 1
+               persist 21 Backfill
+        "#]]);
+    }
+
+    #[test]
     fn link_level_acknowledgement() {
         let mut s = Script::new(SessionConfig::default(), None);
         s.recv(info(6, true));
         assert!(s.session.link_level());
-        // Our subscription went out sequenced; the next waits for its 9997.
+        // Our requests go out sequenced; the next waits for the 9997 of the last.
+        s.recv(Message::LinkAck { mid: 64 });
+        s.recv_sequenced(Message::Error { mid: 64, code: ErrorCode(15) });
         s.recv(Message::LinkAck { mid: 60 });
         s.recv_sequenced(Message::Accepted { mid: 60 });
         s.recv(Message::LinkAck { mid: 14 });
@@ -1102,7 +1246,9 @@ mod tests {
             s.recv(Message::LinkAck { mid });
             s.recv_sequenced(Message::Accepted { mid });
         }
-        s.recv_sequenced(result(7));
+        s.recv(Message::LinkAck { mid: 64 });
+        s.recv_sequenced(Message::Error { mid: 64, code: ErrorCode(15) });
+        s.recv_sequenced(result(1));
         // A retransmission of the same sequence number is acknowledged, not processed.
         let mut again = Message::Accepted { mid: 51 }.to_telegram();
         again.header.seq = Some(s.controller_seq - 1);
@@ -1113,34 +1259,43 @@ mod tests {
             log:
                -> 0001 rev 6
             <- 0002 rev 6
-               -> 0060 rev 7 seq 01
+               -> 0064 rev 1 seq 01 [0000000000]
             <- 9997 rev 1
-            <- 0005 rev 1 seq 01
-               -> 9997 rev 1 seq 02 [0005]
-               -> 0014 rev 1 seq 02
+            <- 0004 rev 1 seq 01
+               -> 9997 rev 1 seq 02 [0004]
+               baseline 0
+               -> 0060 rev 7 seq 02
             <- 9997 rev 1
-            <- 0015 rev 1 seq 02
-               -> 9997 rev 1 seq 03 [0015]
+            <- 0005 rev 1 seq 02
+               -> 9997 rev 1 seq 03 [0005]
+               -> 0014 rev 1 seq 03
+            <- 9997 rev 1
+            <- 0015 rev 1 seq 03
+               -> 9997 rev 1 seq 04 [0015]
                event PsetSelected(3)
-            <- 0005 rev 1 seq 03
-               -> 9997 rev 1 seq 04 [0005]
-               -> 0021 rev 1 seq 03
-            <- 9997 rev 1
             <- 0005 rev 1 seq 04
                -> 9997 rev 1 seq 05 [0005]
-               -> 0070 rev 1 seq 04
+               -> 0021 rev 1 seq 04
             <- 9997 rev 1
             <- 0005 rev 1 seq 05
                -> 9997 rev 1 seq 06 [0005]
-               -> 0051 rev 1 seq 05
+               -> 0070 rev 1 seq 05
             <- 9997 rev 1
             <- 0005 rev 1 seq 06
                -> 9997 rev 1 seq 07 [0005]
+               -> 0051 rev 1 seq 06
+            <- 9997 rev 1
+            <- 0005 rev 1 seq 07
+               -> 9997 rev 1 seq 08 [0005]
                ready (sim)
-            <- 0061 rev 7 seq 07
-               persist 7 Live
-            <- 0005 rev 1 seq 06
-               -> 9997 rev 1 seq 07 [0005]
+               -> 0064 rev 1 seq 07 [0000000000]
+            <- 9997 rev 1
+            <- 0004 rev 1 seq 08
+               -> 9997 rev 1 seq 09 [0004]
+            <- 0061 rev 7 seq 09
+               persist 1 Live
+            <- 0005 rev 1 seq 08
+               -> 9997 rev 1 seq 09 [0005]
                event Unusable { mid: 51, reason: "MID 0005 for MID 0051 that we did not send", raw: "" }
         "#]]);
     }
@@ -1149,12 +1304,16 @@ mod tests {
     fn link_level_result_ack_waits_for_the_commit() {
         let mut s = Script::new(SessionConfig::default(), None);
         s.recv(info(6, true));
+        s.recv(Message::LinkAck { mid: 64 });
+        s.recv_sequenced(Message::Error { mid: 64, code: ErrorCode(15) });
         for mid in [60, 14, 21, 70, 51] {
             s.recv(Message::LinkAck { mid });
             s.recv_sequenced(Message::Accepted { mid });
         }
+        s.recv(Message::LinkAck { mid: 64 });
+        s.recv_sequenced(Message::Error { mid: 64, code: ErrorCode(15) });
         s.log.clear();
-        let mut telegram = result(9).to_telegram();
+        let mut telegram = result(1).to_telegram();
         telegram.header.seq = Some(42);
         s.session.on_frame(telegram, s.now);
         let mut acks = Vec::new();

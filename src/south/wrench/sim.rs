@@ -71,12 +71,17 @@ impl Default for SimSettings {
     }
 }
 
-/// Counters a test or an operator can read.
+/// Counters and tool state a test or an operator can read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SimStats {
+    pub tool_enabled: bool,
+    pub pset: u32,
+    pub batch_size: u32,
+    pub vin: String,
     pub connections: u64,
     pub refused_busy: u64,
     pub keep_alives: u64,
+    pub results_produced: u64,
     pub results_pushed: u64,
     pub results_acked: u64,
     pub old_results_served: u64,
@@ -107,7 +112,10 @@ struct SimState {
 #[derive(Clone)]
 pub struct SimHandle {
     state: Arc<Mutex<SimState>>,
+    /// Wakes the connection task (a result to push, a link to drop).
     wake: Arc<Notify>,
+    /// Wakes everyone waiting in `until` after any change.
+    changed: Arc<Notify>,
     nok_ratio: f64,
     addr: SocketAddr,
 }
@@ -167,11 +175,13 @@ impl SimHandle {
         if state.history.len() > 10_000 {
             state.history.remove(0);
         }
+        state.stats.results_produced += 1;
         if state.subscribed {
             state.push_queue.push_back(id);
         }
         drop(state);
         self.wake.notify_one();
+        self.touched();
         Some(id)
     }
 
@@ -219,7 +229,31 @@ impl SimHandle {
     }
 
     pub fn stats(&self) -> SimStats {
-        self.state.lock().expect("sim lock").stats.clone()
+        let state = self.state.lock().expect("sim lock");
+        SimStats {
+            tool_enabled: state.tool_enabled,
+            pset: state.pset,
+            batch_size: state.batch_size,
+            vin: state.vin.clone(),
+            ..state.stats.clone()
+        }
+    }
+
+    /// Resolves once `condition` holds for the simulator's stats.
+    pub async fn until(&self, condition: impl Fn(&SimStats) -> bool) -> SimStats {
+        loop {
+            // Registered before the check, so a change in between is not missed.
+            let changed = self.changed.notified();
+            let stats = self.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
+    fn touched(&self) {
+        self.changed.notify_waiters();
     }
 }
 
@@ -252,6 +286,7 @@ impl SimController {
         let handle = SimHandle {
             state: Arc::new(Mutex::new(state)),
             wake: Arc::new(Notify::new()),
+            changed: Arc::new(Notify::new()),
             nok_ratio: settings.nok_ratio,
             addr: listener.local_addr()?,
         };
@@ -281,9 +316,11 @@ impl SimController {
                     let ghost = ghost_until.is_some_and(|until| Instant::now() < until);
                     if active.is_some() || ghost {
                         handle.state.lock().expect("sim lock").stats.refused_busy += 1;
+                        handle.touched();
                         refusing.push(refuse_busy(stream));
                     } else {
                         handle.state.lock().expect("sim lock").stats.connections += 1;
+                        handle.touched();
                         active = Some(Box::pin(serve(stream, settings.clone(), handle.clone())));
                     }
                 }
@@ -297,6 +334,7 @@ impl SimController {
                     if !orderly && !settings.ghost_session.is_zero() {
                         ghost_until = Some(Instant::now() + settings.ghost_session);
                     }
+                    handle.touched();
                 }
                 Some(()) = refusing.next(), if !refusing.is_empty() => {}
                 _ = async { schedule.as_mut().expect("guarded").tick().await }, if schedule.is_some() => {
@@ -386,7 +424,9 @@ impl Connection {
                     loop {
                         match codec::decode(&mut buffer) {
                             Ok(Some(telegram)) => {
-                                if self.on_telegram(telegram).await? {
+                                let stop = self.on_telegram(telegram).await;
+                                self.handle.touched();
+                                if stop? {
                                     return Ok(true);
                                 }
                             }
@@ -460,7 +500,10 @@ impl Connection {
         match message {
             Message::CommStart { .. } => {
                 if revision > self.settings.max_comm_revision {
-                    return self.reply(Message::Error { mid, code: ErrorCode::REVISION_UNSUPPORTED }).await.map(|()| false);
+                    return self
+                        .reply(Message::Error { mid, code: ErrorCode::REVISION_UNSUPPORTED })
+                        .await
+                        .map(|()| false);
                 }
                 self.started = true;
                 self.link_level = self.settings.link_level && revision >= 6;
@@ -490,7 +533,10 @@ impl Connection {
             Message::ResultSubscribe { revision: wanted, .. } => {
                 let supported = wanted == 999 || wanted <= self.settings.max_result_revision.min(7);
                 if !supported {
-                    return self.reply(Message::Error { mid, code: ErrorCode::REVISION_UNSUPPORTED }).await.map(|()| false);
+                    return self
+                        .reply(Message::Error { mid, code: ErrorCode::REVISION_UNSUPPORTED })
+                        .await
+                        .map(|()| false);
                 }
                 self.result_revision = Some(wanted);
                 self.handle.state.lock().expect("sim lock").subscribed = true;
@@ -512,7 +558,13 @@ impl Connection {
             }
             Message::AlarmSubscribe => {
                 self.subscribe(mid).await?;
-                let alarm = Alarm { revision: 1, code: String::new(), controller_ready: true, tool_ready: true, time: now_text() };
+                let alarm = Alarm {
+                    revision: 1,
+                    code: String::new(),
+                    controller_ready: true,
+                    tool_ready: true,
+                    time: now_text(),
+                };
                 self.reply(Message::AlarmStatus { active: false, alarm }).await?;
             }
             Message::ResultAck => self.on_result_acked(),
@@ -625,6 +677,7 @@ impl Connection {
         }
         self.write_bytes(&bytes).await?;
         self.handle.state.lock().expect("sim lock").stats.results_pushed += 1;
+        self.handle.touched();
         self.in_flight_push = Some((id, Instant::now(), sends));
         Ok(())
     }
