@@ -36,6 +36,43 @@ enum Command {
     CheckConfig { path: PathBuf },
     /// Print the embedded default config.
     PrintDefaultConfig,
+    /// Play a tightening controller (Open Protocol) for benches and demos. Type `ok`,
+    /// `nok`, `drop`, `cut`, `enable`, `disable` or `status` on stdin to drive it.
+    WrenchSim(WrenchSimArgs),
+}
+
+#[derive(clap::Args)]
+struct WrenchSimArgs {
+    /// Address to listen on (controllers use port 4545).
+    #[arg(long, default_value = "127.0.0.1:4545")]
+    bind: std::net::SocketAddr,
+    /// Produce a result every this many milliseconds while the tool is enabled.
+    #[arg(long, value_name = "MS")]
+    interval_ms: Option<u64>,
+    /// Share of scheduled results that are NOK (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
+    nok_ratio: f64,
+    /// Offer link-level acknowledgement (MID 9997) to clients starting with MID 0001 rev >= 6.
+    #[arg(long)]
+    link_level: bool,
+    /// Highest MID 0001 revision answered; above it, error 97.
+    #[arg(long, default_value_t = 7)]
+    max_comm_revision: u16,
+    /// Highest MID 0061 revision (1 to 7) answered; 999 is always offered.
+    #[arg(long, default_value_t = 7)]
+    max_result_revision: u16,
+    /// Close a link after this many seconds without traffic.
+    #[arg(long, default_value_t = 15)]
+    idle_timeout_s: u64,
+    /// After a link drops without MID 0003, answer new clients with error 96 this long.
+    #[arg(long, default_value_t = 0)]
+    ghost_s: u64,
+    /// Write telegrams in small pieces at random boundaries.
+    #[arg(long)]
+    split_writes: bool,
+    /// Delay every reply to a request by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    reply_delay_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +95,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::WrenchSim(args) => wrench_sim(args),
         Command::Run { config } => {
             let loaded = match &config {
                 Some(path) => Config::load(path).and_then(|c| c.check_files().map(|()| c)),
@@ -90,6 +128,76 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn wrench_sim(args: WrenchSimArgs) -> ExitCode {
+    use stationd::south::wrench::sim::{SimController, SimSettings};
+    use tokio::io::AsyncBufReadExt;
+
+    if !(0.0..=1.0).contains(&args.nok_ratio) || !(1..=7).contains(&args.max_result_revision) {
+        eprintln!("stationd wrench-sim: --nok-ratio must be 0 to 1 and --max-result-revision 1 to 7");
+        return ExitCode::from(2);
+    }
+    stationd::telemetry::init("info");
+    let settings = SimSettings {
+        max_comm_revision: args.max_comm_revision,
+        max_result_revision: args.max_result_revision,
+        link_level: args.link_level,
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s.max(1)),
+        ghost_session: std::time::Duration::from_secs(args.ghost_s),
+        result_interval: args.interval_ms.filter(|ms| *ms > 0).map(std::time::Duration::from_millis),
+        nok_ratio: args.nok_ratio,
+        ..SimSettings::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("stationd wrench-sim: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        let sim = match SimController::bind(args.bind, settings).await {
+            Ok(sim) => sim,
+            Err(err) => {
+                eprintln!("stationd wrench-sim: cannot listen on {}: {err}", args.bind);
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let handle = sim.handle();
+        handle.set_split_writes(args.split_writes);
+        handle.set_reply_delay(std::time::Duration::from_millis(args.reply_delay_ms));
+        tracing::info!(addr = %handle.addr(), "wrench simulator listening");
+        let token = tokio_util::sync::CancellationToken::new();
+        let run = sim.run(token.clone());
+        tokio::pin!(run);
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                () = &mut run => break,
+                () = shutdown_signal() => {
+                    token.cancel();
+                }
+                line = lines.next_line(), if stdin_open => match line {
+                    Ok(Some(line)) => match line.trim() {
+                        "ok" | "nok" => match handle.tighten(line.trim() == "ok") {
+                            Some(id) => tracing::info!(tightening_id = id, "tightening"),
+                            None => tracing::warn!("the tool is disabled: no tightening"),
+                        },
+                        "drop" => handle.drop_link(),
+                        "cut" => handle.drop_mid_next_result(),
+                        "enable" | "disable" => handle.set_tool_enabled(line.trim() == "enable"),
+                        "status" => tracing::info!(stats = ?handle.stats(), "simulator"),
+                        "" => {}
+                        other => tracing::warn!(command = other, "commands: ok, nok, drop, cut, enable, disable, status"),
+                    },
+                    _ => stdin_open = false,
+                },
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 /// SIGTERM (systemd's stop) or SIGINT (Ctrl-C) both mean: drain and stop.

@@ -45,3 +45,45 @@ fn print_default_config_round_trips() {
     assert_eq!(code, 0);
     stationd::config::Config::from_toml_str(&out).expect("printed defaults parse");
 }
+
+/// `stationd wrench-sim` answers a real MID 0001 and takes commands on stdin.
+#[test]
+fn wrench_sim_plays_a_controller() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
+        .args(["wrench-sim", "--bind", "127.0.0.1:0", "--max-comm-revision", "3"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stationd wrench-sim");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "wrench-sim ended early");
+        // The log may be coloured: drop escape sequences before looking for the field.
+        let plain: String = line.split('\x1b').map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)).collect();
+        if plain.contains("listening") {
+            let rest = plain.split("addr=").nth(1).unwrap_or_else(|| panic!("no addr in {plain:?}"));
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    // Revision 6 is above this controller's maximum: error 97; revision 3 is answered.
+    stream.write_all(b"00200001006         \0").unwrap();
+    let mut reply = [0u8; 27];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"002600040010        000197\0");
+    stream.write_all(b"00200001003         \0").unwrap();
+    let mut header = [0u8; 20];
+    stream.read_exact(&mut header).unwrap();
+    assert_eq!(&header[4..11], b"0002003", "MID 0002 revision 3");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "status").unwrap();
+    drop(stdin); // end of commands; the simulator keeps serving until a signal
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
