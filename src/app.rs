@@ -162,17 +162,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
                 .await
                 .with_context(|| format!("cannot bind the OPC-UA server to {}", opcua_config.bind))?;
             let addr = listener.local_addr()?;
-            let readiness = supervisor.readiness();
-            let handle = opcua::spawn(
-                &mut supervisor,
-                listener,
-                opcua_config.clone(),
-                &config.state_dir,
-                station_ids.clone(),
-                inspector.clone(),
-                bus.snapshots.clone(),
-                readiness,
-            );
+            let sources = opcua::Sources {
+                station_ids: station_ids.clone(),
+                inspector: inspector.clone(),
+                snapshots: bus.snapshots.clone(),
+                readiness: supervisor.readiness(),
+                wrenches: wrenches.clone(),
+                notifications: bus.notifications.subscribe(),
+            };
+            let handle = opcua::spawn(&mut supervisor, listener, opcua_config.clone(), &config.state_dir, sources);
             (Some(addr), Some(handle))
         }
         None => (None, None),

@@ -64,7 +64,8 @@ fn wrench_sim_plays_a_controller() {
         let mut line = String::new();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "wrench-sim ended early");
         // The log may be coloured: drop escape sequences before looking for the field.
-        let plain: String = line.split('\x1b').map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)).collect();
+        let plain: String =
+            line.split('\x1b').map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)).collect();
         if plain.contains("listening") {
             let rest = plain.split("addr=").nth(1).unwrap_or_else(|| panic!("no addr in {plain:?}"));
             break rest.split_whitespace().next().unwrap().to_owned();

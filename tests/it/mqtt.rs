@@ -241,3 +241,50 @@ async fn a_degraded_device_raises_an_alert() {
     assert!(alert["id"].is_string() && alert["timestamp"].is_string() && alert["acknowledged"] == false);
     assert!(daemon.shutdown().await);
 }
+
+/// A committed tightening is published on the station's tightening topic, numbered in
+/// the same per-station sequence as inspections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightenings_are_published_on_their_topic() {
+    use stationd::south::wrench::sim::{SimController, SimSettings};
+    use stationd::south::wrench::{LinkState, WrenchSettings};
+
+    let broker_port = start_broker();
+    let mut received = subscribe(broker_port, &["stationd/default/tightening", "stationd/default/inspection"]).await;
+    let sim = SimController::bind(([127, 0, 0, 1], 0).into(), SimSettings { first_id: 1, ..SimSettings::default() })
+        .await
+        .unwrap();
+    let controller = sim.handle();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    #[allow(clippy::disallowed_methods, reason = "a test controller, not a daemon service")]
+    tokio::spawn(async move { sim.run(token).await });
+
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(mqtt_config(state.path(), broker_port)).await;
+    let mut settings = WrenchSettings::new("bench", "127.0.0.1", controller.addr().port());
+    settings.station_id = Some("default".into());
+    daemon.app.wrenches.connect(settings).unwrap();
+    let mut status = daemon.app.wrenches.watch("bench").unwrap();
+    tokio::time::timeout(PATIENCE, status.wait_for(|s| s.link == LinkState::Up)).await.unwrap().unwrap();
+
+    let (status_code, _) = daemon.upload(&sample("00_ok.jpg"), "image/jpeg", &[]).await;
+    assert_eq!(status_code, hyper::StatusCode::CREATED);
+    let id = controller.tighten(false).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (topic, payload) =
+            tokio::time::timeout(PATIENCE, received.recv()).await.expect("messages arrive").expect("subscriber alive");
+        let body: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        seen.push((topic, body));
+    }
+    seen.sort_by_key(|(_, body)| body["message_seq"].as_i64());
+    assert_eq!(seen[0].0, "stationd/default/inspection");
+    let (topic, body) = &seen[1];
+    assert_eq!(topic, "stationd/default/tightening");
+    assert_eq!(body["message_seq"], 2);
+    assert_eq!((body["tightening_id"].as_u64(), body["status"].as_str()), (Some(id), Some("nok")));
+    assert_eq!((body["torque"].as_f64(), body["torque_unit"].as_str()), (Some(21.0), Some("Nm")));
+    assert!(daemon.shutdown().await);
+    stop.cancel();
+}

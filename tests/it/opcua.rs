@@ -137,7 +137,8 @@ async fn browse_read_subscribe_and_trigger() {
         .await
         .unwrap();
     let watched = NodeId::new(ns, "Stations/default/LastInspectionId");
-    let items: Vec<MonitoredItemCreateRequest> = vec![watched.clone().into()];
+    let link_state = NodeId::new(ns, "Wrenches/wrench-sim/LinkState");
+    let items: Vec<MonitoredItemCreateRequest> = vec![watched.clone().into(), link_state.clone().into()];
     session.create_monitored_items(subscription, TimestampsToReturn::Both, items).await.unwrap();
 
     // Trigger runs an inspection with the station's camera (sim: first frame is good).
@@ -155,17 +156,19 @@ async fn browse_read_subscribe_and_trigger() {
     let (_, record) = daemon.get_json(&format!("/api/v1/inspections/{id}")).await;
     assert_eq!(record["part_id"], "OPC-0001");
 
-    // The subscription reports the new id.
+    // The subscription reports the new id, and the simulated wrench's link coming up.
     tokio::time::timeout(PATIENCE, async {
-        loop {
+        let (mut id_seen, mut link_seen) = (false, false);
+        while !(id_seen && link_seen) {
             let (node, value) = changes.recv().await.unwrap();
-            if node == watched && value == Some(Variant::from(id.as_str())) {
-                break;
-            }
+            id_seen |= node == watched && value == Some(Variant::from(id.as_str()));
+            link_seen |= node == link_state && value == Some(Variant::from("connected"));
         }
     })
     .await
-    .expect("data change delivered");
+    .expect("data changes delivered");
+    assert_eq!(read(&session, ns, "Wrenches/wrench-sim/LastStatus").await, Variant::from(""));
+    assert_eq!(read(&session, ns, "Wrenches/wrench-sim/LastTorque").await, Variant::Double(0.0));
     assert_eq!(read(&session, ns, "Stations/default/PassCount").await, Variant::UInt32(1));
     assert_eq!(read(&session, ns, "Stations/default/LastDecision").await, Variant::from("pass"));
     assert_eq!(read(&session, ns, "Stations/default/PassRate1h").await, Variant::Double(100.0));
@@ -181,7 +184,7 @@ async fn browse_read_subscribe_and_trigger() {
 
     let (_, status) = daemon.get_json("/api/v1/opcua/status").await;
     assert_eq!((status["enabled"].as_bool(), status["running"].as_bool()), (Some(true), Some(true)));
-    assert_eq!(status["nodes"], serde_json::json!(["Stations/default", "SystemStatus"]));
+    assert_eq!(status["nodes"], serde_json::json!(["Stations/default", "Wrenches/wrench-sim", "SystemStatus"]));
     let _ = session.disconnect().await;
     assert!(daemon.shutdown().await);
 }

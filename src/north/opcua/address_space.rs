@@ -8,6 +8,10 @@
 //!     <station_id>/                 s=Stations/<station_id>
 //!       LastDecision ... LastInspectionId
 //!     Trigger(station_id, part_id) -> (inspection_id, decision)
+//!   Wrenches/                       s=Wrenches
+//!     <wrench_id>/                  s=Wrenches/<wrench_id>
+//!       LinkState, ToolEnabled, LastTighteningId, LastStatus, LastTorque, LastAngle,
+//!       BatchCounter, ProgramNr
 //!   SystemStatus/                   s=SystemStatus
 //!     Ready                         s=SystemStatus/Ready
 //!     <service>                     s=SystemStatus/<service>   ("ready", "starting", "degraded: …")
@@ -24,6 +28,7 @@ use opcua::types::{DataTypeId, DataValue, DateTime, NodeId, ObjectId, StatusCode
 
 use crate::bus::{Snapshot, StationSnapshot};
 use crate::cycle::{CycleError, CycleImage, InspectRequest, Inspector};
+use crate::south::wrench::WrenchStatus;
 use crate::supervisor::ServiceState;
 
 /// Per-station variables: browse name, data type, initial value.
@@ -40,6 +45,22 @@ const STATION_VARIABLES: [(&str, DataTypeId); 10] = [
     ("LastInspectionId", DataTypeId::String),
 ];
 
+/// Per-wrench variables (configured wrenches; links added over REST are not listed).
+const WRENCH_VARIABLES: [(&str, DataTypeId); 8] = [
+    ("LinkState", DataTypeId::String),
+    ("ToolEnabled", DataTypeId::Boolean),
+    ("LastTighteningId", DataTypeId::String),
+    ("LastStatus", DataTypeId::String),
+    ("LastTorque", DataTypeId::Double),
+    ("LastAngle", DataTypeId::Int32),
+    ("BatchCounter", DataTypeId::UInt32),
+    ("ProgramNr", DataTypeId::UInt32),
+];
+
+pub(super) fn wrench_node(wrench_id: &str) -> String {
+    format!("Wrenches/{wrench_id}")
+}
+
 /// How long the Trigger method waits for an inspection.
 const TRIGGER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,8 +69,13 @@ pub(super) fn station_node(station_id: &str) -> String {
 }
 
 /// The folders `GET /api/v1/opcua/status` lists.
-pub(super) fn node_list(station_ids: &[String]) -> Vec<String> {
-    station_ids.iter().map(|id| station_node(id)).chain(["SystemStatus".to_owned()]).collect()
+pub(super) fn node_list(station_ids: &[String], wrench_ids: &[String]) -> Vec<String> {
+    station_ids
+        .iter()
+        .map(|id| station_node(id))
+        .chain(wrench_ids.iter().map(|id| wrench_node(id)))
+        .chain(["SystemStatus".to_owned()])
+        .collect()
 }
 
 pub(super) fn state_text(state: &ServiceState) -> String {
@@ -64,12 +90,15 @@ pub(super) fn state_text(state: &ServiceState) -> String {
 pub(super) struct Nodes {
     ns: u16,
     stations: Vec<String>,
+    /// Last values written per wrench, so that only changes are written.
+    wrenches: BTreeMap<String, Vec<(&'static str, Variant)>>,
 }
 
 pub(super) fn build(
     manager: &SimpleNodeManager,
     ns: u16,
     station_ids: &[String],
+    wrench_ids: &[String],
     services: &[(String, ServiceState)],
 ) -> Nodes {
     let address_space = manager.address_space();
@@ -85,6 +114,24 @@ pub(super) fn build(
             .insert(&mut *address_space);
         for (name, data_type) in STATION_VARIABLES {
             let id = NodeId::new(ns, format!("{}/{name}", station_node(station_id)));
+            VariableBuilder::new(&id, name, name)
+                .data_type(data_type)
+                .value(initial(data_type))
+                .component_of(folder.clone())
+                .insert(&mut *address_space);
+        }
+    }
+    let wrenches_id = NodeId::new(ns, "Wrenches");
+    ObjectBuilder::new(&wrenches_id, "Wrenches", "Wrenches")
+        .organized_by(ObjectId::ObjectsFolder)
+        .insert(&mut *address_space);
+    for wrench_id in wrench_ids {
+        let folder = NodeId::new(ns, wrench_node(wrench_id));
+        ObjectBuilder::new(&folder, wrench_id.as_str(), wrench_id.as_str())
+            .organized_by(wrenches_id.clone())
+            .insert(&mut *address_space);
+        for (name, data_type) in WRENCH_VARIABLES {
+            let id = NodeId::new(ns, format!("{}/{name}", wrench_node(wrench_id)));
             VariableBuilder::new(&id, name, name)
                 .data_type(data_type)
                 .value(initial(data_type))
@@ -109,7 +156,11 @@ pub(super) fn build(
             .component_of(status_id.clone())
             .insert(&mut *address_space);
     }
-    Nodes { ns, stations: station_ids.to_vec() }
+    Nodes {
+        ns,
+        stations: station_ids.to_vec(),
+        wrenches: wrench_ids.iter().map(|id| (id.clone(), Vec::new())).collect(),
+    }
 }
 
 fn initial(data_type: DataTypeId) -> Variant {
@@ -119,6 +170,7 @@ fn initial(data_type: DataTypeId) -> Variant {
         DataTypeId::Int32 => Variant::from(0i32),
         DataTypeId::UInt32 => Variant::from(0u32),
         DataTypeId::DateTime => Variant::from(DateTime::null()),
+        DataTypeId::Boolean => Variant::from(false),
         _ => Variant::Empty,
     }
 }
@@ -147,6 +199,33 @@ impl Nodes {
         }
     }
 
+    /// Writes a wrench's variables when they changed.
+    pub(super) fn write_wrench(
+        &mut self,
+        manager: &SimpleNodeManager,
+        subscriptions: &SubscriptionCache,
+        status: &WrenchStatus,
+    ) {
+        let id = &status.settings.id;
+        let Some(last) = self.wrenches.get_mut(id) else { return };
+        let values = wrench_values(status);
+        if *last == values {
+            return;
+        }
+        let updates: Vec<(NodeId, DataValue)> = values
+            .iter()
+            .map(|(name, value)| {
+                (NodeId::new(self.ns, format!("{}/{name}", wrench_node(id))), DataValue::new_now(value.clone()))
+            })
+            .collect();
+        *last = values;
+        if let Err(status) =
+            manager.set_values(subscriptions, updates.iter().map(|(id, value)| (id, None, value.clone())))
+        {
+            tracing::warn!(%status, "OPC-UA wrench update refused");
+        }
+    }
+
     pub(super) fn write_status(
         &self,
         manager: &SimpleNodeManager,
@@ -164,6 +243,24 @@ impl Nodes {
             tracing::warn!(%status, "OPC-UA status update refused");
         }
     }
+}
+
+fn wrench_values(status: &WrenchStatus) -> Vec<(&'static str, Variant)> {
+    let mut values = vec![
+        ("LinkState", Variant::from(status.link.as_str())),
+        ("ToolEnabled", Variant::from(status.tool_enabled.unwrap_or(false))),
+        ("ProgramNr", Variant::from(status.pset.unwrap_or(0))),
+        ("BatchCounter", Variant::from(status.batch_counter.unwrap_or(0))),
+    ];
+    if let Some(last) = &status.last {
+        values.extend([
+            ("LastTighteningId", Variant::from(last.tightening_id.to_string())),
+            ("LastStatus", Variant::from(if last.ok { "ok" } else { "nok" })),
+            ("LastTorque", Variant::from(last.torque as f64 / 100.0)),
+            ("LastAngle", Variant::from(last.angle.clamp(i32::MIN as i64, i32::MAX as i64) as i32)),
+        ]);
+    }
+    values
 }
 
 fn station_values(station: &StationSnapshot) -> Vec<(&'static str, Variant)> {

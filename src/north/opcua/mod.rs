@@ -1,5 +1,6 @@
 //! OPC-UA server (async-opcua) for PLCs and SCADA: one folder per station with its live
-//! values, a SystemStatus object, and a `Trigger(station_id, part_id)` method.
+//! values, one per configured wrench (link state and last tightening), a SystemStatus
+//! object, and a `Trigger(station_id, part_id)` method.
 //!
 //! Values come from the core's snapshots: every snapshot change is written with the node
 //! manager's `set_values`, which notifies data-change subscriptions at their next publishing
@@ -23,11 +24,12 @@ use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint, ServerUserToken};
 use opcua::types::MessageSecurityMode;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use crate::bus::Snapshot;
+use crate::bus::{Notification, Snapshot};
 use crate::config::OpcuaConfig;
 use crate::cycle::Inspector;
+use crate::south::wrench::Wrenches;
 use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, Supervisor};
 
 /// The namespace of every stationd node.
@@ -53,24 +55,31 @@ const SECURE_POLICIES: [(&str, SecurityPolicy); 3] = [
 ];
 
 #[allow(clippy::too_many_arguments)]
+/// What the OPC-UA server shows and serves.
+pub struct Sources {
+    pub station_ids: Vec<String>,
+    pub inspector: Inspector,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub readiness: Readiness,
+    pub wrenches: Wrenches,
+    /// Tightenings are written the moment they are committed.
+    pub notifications: broadcast::Receiver<Notification>,
+}
+
 pub fn spawn(
     supervisor: &mut Supervisor,
     listener: TcpListener,
     config: OpcuaConfig,
     state_dir: &Path,
-    station_ids: Vec<String>,
-    inspector: Inspector,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    readiness: Readiness,
+    sources: Sources,
 ) -> OpcuaHandle {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.bind.port());
     let endpoint = format!("opc.tcp://{}:{}{}", config.host, port, config.path);
-    let nodes = address_space::node_list(&station_ids);
+    let nodes = address_space::node_list(&sources.station_ids, &sources.wrenches.ids());
     let (running_tx, running_rx) = watch::channel(false);
     let pki_dir = state_dir.join("pki");
-    supervisor.spawn("opcua", Phase::Intake, move |ctx| {
-        serve(listener, config, port, pki_dir, station_ids, inspector, snapshots, readiness, running_tx, ctx)
-    });
+    supervisor
+        .spawn("opcua", Phase::Intake, move |ctx| serve(listener, config, port, pki_dir, sources, running_tx, ctx));
     OpcuaHandle { endpoint, nodes, running: running_rx }
 }
 
@@ -123,19 +132,16 @@ fn builder(config: &OpcuaConfig, port: u16, pki_dir: &Path, ctx: &ServiceContext
     builder
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
     config: OpcuaConfig,
     port: u16,
     pki_dir: std::path::PathBuf,
-    station_ids: Vec<String>,
-    inspector: Inspector,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    readiness: Readiness,
+    sources: Sources,
     running: watch::Sender<bool>,
     ctx: ServiceContext,
 ) -> Result<(), ServiceError> {
+    let Sources { station_ids, inspector, mut snapshots, readiness, wrenches, mut notifications } = sources;
     let (server, handle) = builder(&config, port, &pki_dir, &ctx).build().map_err(ServiceError::new)?;
     let manager = handle
         .node_managers()
@@ -144,7 +150,8 @@ async fn serve(
     let ns = handle
         .get_namespace_index(NAMESPACE_URI)
         .ok_or_else(|| ServiceError::new("the stationd namespace is not registered"))?;
-    let nodes = address_space::build(&manager, ns, &station_ids, &readiness.report());
+    let wrench_ids = wrenches.ids();
+    let mut nodes = address_space::build(&manager, ns, &station_ids, &wrench_ids, &readiness.report());
     address_space::add_trigger(&manager, ns, inspector);
     let subscriptions = handle.subscriptions().clone();
 
@@ -165,7 +172,17 @@ async fn serve(
                 let snapshot = snapshots.borrow_and_update().clone();
                 nodes.write_snapshot(&manager, &subscriptions, &snapshot);
             }
+            notification = notifications.recv() => {
+                if let Ok(Notification::TighteningCompleted(t)) = notification
+                    && let Some(status) = wrenches.status(&t.wrench_id)
+                {
+                    nodes.write_wrench(&manager, &subscriptions, &status);
+                }
+            }
             _ = status_tick.tick() => {
+                for status in wrenches.statuses() {
+                    nodes.write_wrench(&manager, &subscriptions, &status);
+                }
                 let report = readiness.report();
                 let status: BTreeMap<String, String> =
                     report.iter().map(|(name, state)| (name.clone(), address_space::state_text(state))).collect();

@@ -333,22 +333,31 @@ pub fn spawn(
         storage,
         events,
     };
+    // Registered now so that every front-end sees the configured wrenches from the start;
+    // their links first run once the service has loaded the release-control setting.
+    let mut failed = None;
+    for settings in configured {
+        if let Err(err) = wrenches.connect(settings) {
+            failed = Some(err.to_string());
+        }
+    }
     let service = wrenches.clone();
-    supervisor.spawn("wrenches", Phase::Devices, move |ctx| serve(service, configured, runner_rx, ctx));
+    supervisor.spawn("wrenches", Phase::Devices, move |ctx| async move {
+        if let Some(err) = failed {
+            return Err(ServiceError::new(err));
+        }
+        serve(service, runner_rx, ctx).await
+    });
     wrenches
 }
 
 async fn serve(
     wrenches: Wrenches,
-    configured: Vec<WrenchSettings>,
     mut runner: mpsc::Receiver<BoxFuture<'static, ()>>,
     ctx: ServiceContext,
 ) -> Result<(), ServiceError> {
     let stored = wrenches.storage.call(|db| db.setting(RELEASE_CONTROL_KEY)).await.map_err(ServiceError::new)?;
     wrenches.release_control.send_replace(stored.as_deref() == Some("true"));
-    for settings in configured {
-        wrenches.connect(settings).map_err(ServiceError::new)?;
-    }
     ctx.set_ready();
     let mut running = FuturesUnordered::new();
     let mut health = tokio::time::interval(Duration::from_secs(1));
