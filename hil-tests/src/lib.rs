@@ -25,12 +25,18 @@ pub struct RigFile {
     pub station_id: String,
     /// Decision the reference part under the camera must get.
     pub reference_part_decision: String,
+    /// Id of the configured wrench on the bench (its controller must be reachable).
+    pub wrench: Option<String>,
+    /// A Pset that exists on that controller.
+    pub wrench_pset: Option<u32>,
 }
 
 pub struct Rig {
     pub api: String,
     pub station_id: String,
     pub reference_part_decision: String,
+    pub wrench: Option<String>,
+    pub wrench_pset: u32,
     child: Option<Child>,
     state_dir: Option<PathBuf>,
 }
@@ -66,6 +72,8 @@ impl Rig {
             api: file.api,
             station_id: file.station_id,
             reference_part_decision: file.reference_part_decision,
+            wrench: file.wrench,
+            wrench_pset: file.wrench_pset.unwrap_or(1),
             child: None,
             state_dir: None,
         }
@@ -79,7 +87,8 @@ impl Rig {
         std::fs::create_dir_all(&state_dir).unwrap();
         let config = format!(
             "state_dir = {state:?}\n[api]\nbind = \"127.0.0.1:0\"\n[inference]\nmodel_dir = {model:?}\n\
-             [cameras.cam0]\nbackend = \"sim\"\nfolder = {folder:?}\n[stations.default]\ncamera = \"cam0\"\n",
+             [cameras.cam0]\nbackend = \"sim\"\nfolder = {folder:?}\n[stations.default]\ncamera = \"cam0\"\n\
+             [wrenches.wrench-sim]\nbackend = \"sim\"\nstation = \"default\"\n",
             state = state_dir.join("state").display().to_string(),
             model = root.join("models/parts-classifier").display().to_string(),
             folder = root.join("examples/parts").display().to_string(),
@@ -110,6 +119,8 @@ impl Rig {
             api: api.expect("the daemon logged its API address before getting ready"),
             station_id: "default".to_owned(),
             reference_part_decision: "pass".to_owned(),
+            wrench: Some("wrench-sim".to_owned()),
+            wrench_pset: 1,
             child: Some(child),
             state_dir: Some(state_dir),
         }

@@ -43,3 +43,45 @@ fn uploaded_defect_fails_and_bad_upload_is_refused() {
     let stats = rig.get(&format!("/api/v1/statistics?hours=1&station_id={}", rig.station_id));
     assert!(stats.json()["failed"].as_u64().unwrap() >= 1);
 }
+
+/// The bench's wrench: its link is up, the tool follows enable/disable and Pset selection
+/// through the controller (a real one on a bench, the simulator in sim mode).
+#[test]
+fn wrench_link_and_tool_control() {
+    let rig = Rig::from_env();
+    let Some(wrench) = rig.wrench.clone() else {
+        eprintln!("this rig has no wrench; skipped");
+        return;
+    };
+    // A black box can only be watched from outside: poll its status, bounded by the
+    // 20 s the reliability targets allow a wrench link to come up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let state = rig.get(&format!("/api/v1/wrenches/state?address={wrench}"));
+        assert_eq!(state.status, 200, "{}", String::from_utf8_lossy(&state.body));
+        if state.json()["msg"]["link_state"] == "connected" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "wrench link not up: {}", state.json());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let toggle = |body: String| {
+        let answer = rig.request("POST", "/api/v1/wrenches/toggle", Some("application/json"), body.as_bytes());
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        answer.json()["msg"].clone()
+    };
+    let state = toggle(format!(r#"{{"action": "disable", "address": "{wrench}"}}"#));
+    assert_eq!(state["tool_enabled"], false);
+    let state = toggle(format!(r#"{{"action": "enable", "program_nr": {}, "address": "{wrench}"}}"#, rig.wrench_pset));
+    assert_eq!(
+        (state["tool_enabled"].as_bool(), state["program_nr"].as_u64()),
+        (Some(true), Some(rig.wrench_pset as u64))
+    );
+    let refused = rig.request(
+        "POST",
+        "/api/v1/wrenches/toggle",
+        Some("application/json"),
+        format!(r#"{{"action": "enable", "program_nr": 1000, "address": "{wrench}"}}"#).as_bytes(),
+    );
+    assert_eq!(refused.status, 422, "program numbers stop at 999");
+}
