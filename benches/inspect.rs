@@ -60,6 +60,17 @@ fn main() {
         .collect();
     drop(model);
 
+    // A simulated tightening controller in this process, which the daemon connects to.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let controller = runtime.block_on(async {
+        let settings = stationd::south::wrench::sim::SimSettings::default();
+        stationd::south::wrench::sim::SimController::bind(([127, 0, 0, 1], 0).into(), settings).await.unwrap()
+    });
+    let wrench = controller.handle();
+    let stop_controller = tokio_util::sync::CancellationToken::new();
+    #[allow(clippy::disallowed_methods, reason = "a bench's controller, not a daemon service")]
+    runtime.spawn(controller.run(stop_controller.clone()));
+
     // The daemon, as a separate process.
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("stationd.toml");
@@ -70,7 +81,12 @@ fn main() {
         )
         .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
         .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"");
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
+        .replace("sim_interval_ms = 5000\n", "")
+        + &format!(
+            "\n[wrenches.bench]\nbackend = \"open-protocol\"\naddress = \"127.0.0.1\"\nport = {}\nstation = \"default\"\n",
+            wrench.addr().port()
+        );
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
         .args(["run", "--config"])
@@ -108,8 +124,7 @@ fn main() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let idle_rss = rss_kib(child.id());
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (e2e, overhead, plc, plc_overhead) = runtime.block_on(async {
+    let (e2e, overhead, plc, plc_overhead, tightening) = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let boundary = "bench-boundary";
         let mut body = Vec::new();
@@ -138,8 +153,10 @@ fn main() {
             }
         }
         let (plc, plc_overhead) = modbus_handshakes(&client, &addr, modbus_addr).await;
-        (e2e, overhead, plc, plc_overhead)
+        let tightening = tightening_acks(&wrench).await;
+        (e2e, overhead, plc, plc_overhead, tightening)
     });
+    stop_controller.cancel();
     let busy_rss = rss_kib(child.id());
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let exit = child.wait().unwrap();
@@ -151,8 +168,27 @@ fn main() {
     report("daemon overhead (end to end - inference)", overhead);
     report("Modbus Trigger -> ResultsValid (PLC poll)", plc);
     report("  minus inference", plc_overhead);
+    report("wrench MID 0061 pushed -> 0062 ack (commit)", tightening);
     eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
     eprintln!("daemon exit after SIGTERM: {exit}");
+}
+
+/// A controller's view of one tightening: from writing MID 0061 to reading the MID 0062
+/// that the daemon sends only after the result's SQLite commit (synchronous=FULL).
+async fn tightening_acks(wrench: &stationd::south::wrench::sim::SimHandle) -> Vec<f64> {
+    // Subscribed, and the newest-result query after it answered: the link is ready.
+    wrench.until(|s| s.requests.iter().filter(|mid| **mid == 64).count() >= 2).await;
+    let mut samples = Vec::new();
+    for i in 0..WARMUP + ITERATIONS {
+        let acked = wrench.stats().results_acked;
+        let started = Instant::now();
+        wrench.tighten(true).expect("the tool is enabled");
+        wrench.until(|s| s.results_acked > acked).await;
+        if i >= WARMUP {
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples
 }
 
 /// A PLC's view: write Trigger, poll ResultsValid, read, acknowledge. The latency is from
