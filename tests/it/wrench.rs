@@ -256,6 +256,9 @@ async fn rest_tool_control_and_release_control() {
     let (status, _) = post(&daemon, "/api/v1/wrenches/vin", json!({"vin": "SN-0042"})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sim.stats().vin, "SN-0042");
+    let (status, body) = post(&daemon, "/api/v1/wrenches/time", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(sim.stats().requests.contains(&82));
 
     // Release control: manual enables are refused; a release enables the tool for N OK
     // tightenings (a NOK does not count) and disables it after the last.
@@ -336,4 +339,33 @@ async fn shutdown_disables_the_tool_and_says_goodbye() {
     let stats = sim.stats();
     assert_eq!(stats.comm_stops, 1, "{stats:?}");
     assert!(!stats.tool_enabled, "safe state: tool disabled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_stops_answering_is_dropped_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let (sim, _stop) = start_sim(sim_settings()).await;
+    let mut settings = fast("w5", &sim);
+    settings.session.reply_timeout = Duration::from_millis(200);
+    daemon.app.wrenches.connect(settings).unwrap();
+    link_up(&daemon, "w5", 0).await;
+    // Replies now come later than the link waits: the request fails, the link is dropped.
+    sim.set_reply_delay(Duration::from_millis(600));
+    let (status, body) = post(&daemon, "/api/v1/wrenches/toggle", json!({"action": "disable", "address": "w5"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let mut watch = daemon.app.wrenches.watch("w5").unwrap();
+    let down = tokio::time::timeout(PATIENCE, watch.wait_for(|s| matches!(s.link, LinkState::Down { .. })))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&down.link, LinkState::Down { reason } if reason.contains("no answer to MID")),
+        "{:?}",
+        down.link
+    );
+    sim.set_reply_delay(Duration::ZERO);
+    link_up(&daemon, "w5", 1).await;
+    assert!(daemon.shutdown().await);
 }

@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/wrenches/clear", post(wrenches::clear))
         .route("/wrenches/cancel", post(wrenches::cancel))
         .route("/wrenches/vin", post(wrenches::vin))
+        .route("/wrenches/time", post(wrenches::set_time))
         .route("/wrenches/release", post(wrenches::release))
         .route("/settings/release-control", get(wrenches::get_release_control).post(wrenches::set_release_control))
         .route("/settings/torque", get(wrenches::get_torque_settings).put(wrenches::put_torque_settings))

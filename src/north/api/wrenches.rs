@@ -551,6 +551,18 @@ pub async fn vin(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
+/// Sets the controller's clock (MID 0082) to the station PC's local time: Open Protocol
+/// timestamps are the controller's local wall clock.
+pub async fn set_time(
+    State(state): State<ApiState>,
+    body: Result<Json<AddressBody>, JsonRejection>,
+) -> Result<Json<Envelope<String>>, ApiError> {
+    let id = pick(&state.wrenches, optional_address(body)?.as_deref())?;
+    let time = chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string();
+    state.wrenches.command(&id, Command::SetTime(time.clone())).await?;
+    Ok(ok(time))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
