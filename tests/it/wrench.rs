@@ -360,11 +360,7 @@ async fn a_controller_that_stops_answering_is_dropped_and_recovers() {
         .unwrap()
         .unwrap()
         .clone();
-    assert!(
-        matches!(&down.link, LinkState::Down { reason } if reason.contains("no answer to MID")),
-        "{:?}",
-        down.link
-    );
+    assert!(matches!(&down.link, LinkState::Down { reason } if reason.contains("no answer to MID")), "{:?}", down.link);
     sim.set_reply_delay(Duration::ZERO);
     link_up(&daemon, "w5", 1).await;
     assert!(daemon.shutdown().await);

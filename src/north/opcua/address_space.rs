@@ -103,42 +103,10 @@ pub(super) fn build(
 ) -> Nodes {
     let address_space = manager.address_space();
     let mut address_space = address_space.write();
-    let stations_id = NodeId::new(ns, "Stations");
-    ObjectBuilder::new(&stations_id, "Stations", "Stations")
-        .organized_by(ObjectId::ObjectsFolder)
-        .insert(&mut *address_space);
-    for station_id in station_ids {
-        let folder = NodeId::new(ns, station_node(station_id));
-        ObjectBuilder::new(&folder, station_id.as_str(), station_id.as_str())
-            .organized_by(stations_id.clone())
-            .insert(&mut *address_space);
-        for (name, data_type) in STATION_VARIABLES {
-            let id = NodeId::new(ns, format!("{}/{name}", station_node(station_id)));
-            VariableBuilder::new(&id, name, name)
-                .data_type(data_type)
-                .value(initial(data_type))
-                .component_of(folder.clone())
-                .insert(&mut *address_space);
-        }
-    }
-    let wrenches_id = NodeId::new(ns, "Wrenches");
-    ObjectBuilder::new(&wrenches_id, "Wrenches", "Wrenches")
-        .organized_by(ObjectId::ObjectsFolder)
-        .insert(&mut *address_space);
-    for wrench_id in wrench_ids {
-        let folder = NodeId::new(ns, wrench_node(wrench_id));
-        ObjectBuilder::new(&folder, wrench_id.as_str(), wrench_id.as_str())
-            .organized_by(wrenches_id.clone())
-            .insert(&mut *address_space);
-        for (name, data_type) in WRENCH_VARIABLES {
-            let id = NodeId::new(ns, format!("{}/{name}", wrench_node(wrench_id)));
-            VariableBuilder::new(&id, name, name)
-                .data_type(data_type)
-                .value(initial(data_type))
-                .component_of(folder.clone())
-                .insert(&mut *address_space);
-        }
-    }
+    let stations: Vec<String> = station_ids.iter().map(|id| station_node(id)).collect();
+    insert_folders(&mut address_space, ns, "Stations", &stations, &STATION_VARIABLES);
+    let wrenches: Vec<String> = wrench_ids.iter().map(|id| wrench_node(id)).collect();
+    insert_folders(&mut address_space, ns, "Wrenches", &wrenches, &WRENCH_VARIABLES);
     let status_id = NodeId::new(ns, "SystemStatus");
     ObjectBuilder::new(&status_id, "SystemStatus", "SystemStatus")
         .organized_by(ObjectId::ObjectsFolder)
@@ -160,6 +128,31 @@ pub(super) fn build(
         ns,
         stations: station_ids.to_vec(),
         wrenches: wrench_ids.iter().map(|id| (id.clone(), Vec::new())).collect(),
+    }
+}
+
+/// A top-level object `root` with one child object per path (`<root>/<id>`), each holding
+/// `variables` at their initial values.
+fn insert_folders(
+    address_space: &mut opcua::server::address_space::AddressSpace,
+    ns: u16,
+    root: &str,
+    paths: &[String],
+    variables: &[(&str, DataTypeId)],
+) {
+    let root_id = NodeId::new(ns, root);
+    ObjectBuilder::new(&root_id, root, root).organized_by(ObjectId::ObjectsFolder).insert(address_space);
+    for path in paths {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let folder = NodeId::new(ns, path.as_str());
+        ObjectBuilder::new(&folder, name, name).organized_by(root_id.clone()).insert(address_space);
+        for &(variable, data_type) in variables {
+            VariableBuilder::new(&NodeId::new(ns, format!("{path}/{variable}")), variable, variable)
+                .data_type(data_type)
+                .value(initial(data_type))
+                .component_of(folder.clone())
+                .insert(address_space);
+        }
     }
 }
 
