@@ -322,7 +322,7 @@ async fn rest_tool_control_and_release_control() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_disables_the_tool_and_says_goodbye() {
+async fn reconnect_keeps_the_configured_id_and_shutdown_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, _stop) = start_sim(sim_settings()).await;
     let mut config = test_config(dir.path());
@@ -334,10 +334,20 @@ async fn shutdown_disables_the_tool_and_says_goodbye() {
     config.wrenches = stationd::config::Config::from_toml_str(&text).unwrap().wrenches;
     let daemon = Daemon::start_with(config).await;
     link_up(&daemon, "bench", 0).await;
+    // Disconnected over REST and connected again: the configured id and settings return.
+    let (status, _) = post(&daemon, "/api/v1/wrenches/disconnect", json!({"address": "bench"})).await;
+    assert_eq!(status, StatusCode::OK);
+    sim.until(|s| s.comm_stops == 1).await;
+    let port = sim.addr().port();
+    let (status, body) = post(&daemon, "/api/v1/wrenches/connect", json!({"address": "127.0.0.1", "port": port})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["msg"]["id"].as_str(), body["msg"]["configured"].as_bool()), (Some("bench"), Some(true)));
+    let (status, _) = post(&daemon, "/api/v1/wrenches/toggle", json!({"action": "enable"})).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(sim.stats().tool_enabled);
     assert!(daemon.shutdown().await);
     let stats = sim.stats();
-    assert_eq!(stats.comm_stops, 1, "{stats:?}");
+    assert_eq!(stats.comm_stops, 2, "{stats:?}");
     assert!(!stats.tool_enabled, "safe state: tool disabled");
 }
 

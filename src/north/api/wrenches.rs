@@ -237,16 +237,24 @@ pub async fn connect(
     {
         return Err(ApiError::unprocessable("connection_parameters.result_revision must be 1 to 7, or 999"));
     }
-    let id = params.id.unwrap_or_else(|| {
-        format!("{address}-{port}")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
-            .collect()
-    });
-    let mut settings = WrenchSettings::new(id.clone(), address, port);
-    settings.station_id = params.station_id;
-    settings.manufacturer = request.manufacturer;
-    settings.model = request.model;
+    let mut settings = match state.wrenches.configured_at(&address, port) {
+        // A configured wrench that was disconnected: same id (its results' key), same settings.
+        Some(configured) => configured,
+        None => {
+            let id = params.id.unwrap_or_else(|| {
+                format!("{address}-{port}")
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                    .collect()
+            });
+            let mut settings = WrenchSettings::new(id, address, port);
+            settings.station_id = params.station_id;
+            settings.manufacturer = request.manufacturer;
+            settings.model = request.model;
+            settings
+        }
+    };
+    let id = settings.id.clone();
     if let Some(ms) = request.timeout_ms {
         settings.connect_timeout = Duration::from_millis(ms.clamp(100, 60_000));
     }

@@ -177,6 +177,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut reached_ready = false;
     let mut stop_deadline: Option<Instant> = None;
     let mut release_control = ctx.release_control.clone();
+    let mut release_watch_open = true;
     session.start(now());
     loop {
         while let Some(output) = session.poll_output() {
@@ -305,8 +306,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     stop_deadline = Some(now_tokio() + STOP_GRACE);
                 }
             },
-            changed = release_control.changed() => {
-                if changed.is_ok() && *release_control.borrow_and_update() && grant.remaining.is_none() && reached_ready {
+            changed = release_control.changed(), if release_watch_open => {
+                if changed.is_err() {
+                    // The setting's owner is gone (shutdown): nothing more will change.
+                    release_watch_open = false;
+                } else if *release_control.borrow_and_update() && grant.remaining.is_none() && reached_ready {
                     internal(&mut session, &mut waiters, &mut next_id, Command::DisableTool, "disable tool");
                 }
             }

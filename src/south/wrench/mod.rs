@@ -188,6 +188,9 @@ pub struct Wrenches {
     release_control: Arc<watch::Sender<bool>>,
     /// Parent of every link's token; cancelled when the service stops.
     root: CancellationToken,
+    /// The config file's wrenches, so that reconnecting one over REST after a disconnect
+    /// brings back its id (the key its results are stored under) and settings.
+    configured: Arc<Vec<WrenchSettings>>,
     storage: Storage,
     events: mpsc::Sender<Event>,
 }
@@ -264,6 +267,11 @@ impl Wrenches {
             .map(|(id, _)| id.clone())
     }
 
+    /// The configured wrench at this address, if any.
+    pub fn configured_at(&self, address: &str, port: u16) -> Option<WrenchSettings> {
+        self.configured.iter().find(|s| s.address == address && s.port == port).cloned()
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.links.lock().expect("wrench map lock").keys().cloned().collect()
     }
@@ -330,6 +338,7 @@ pub fn spawn(
         links: Arc::new(Mutex::new(BTreeMap::new())),
         release_control: Arc::new(watch::channel(false).0),
         root: CancellationToken::new(),
+        configured: Arc::new(configured.clone()),
         storage,
         events,
     };
