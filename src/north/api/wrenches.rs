@@ -136,7 +136,7 @@ impl WrenchDto {
             released_tightenings: s.released,
             batch_locked: s.batch_locked,
             program_nr: s.pset,
-            batch_counter: s.batch_counter,
+            batch_counter: s.last.as_ref().and_then(|t| t.batch_counter),
             vin: s.vin,
             alarm: s.alarm,
             last_error: s.last_error,

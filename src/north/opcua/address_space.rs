@@ -243,7 +243,7 @@ fn wrench_values(status: &WrenchStatus) -> Vec<(&'static str, Variant)> {
         ("LinkState", Variant::from(status.link.as_str())),
         ("ToolEnabled", Variant::from(status.tool_enabled.unwrap_or(false))),
         ("ProgramNr", Variant::from(status.pset.unwrap_or(0))),
-        ("BatchCounter", Variant::from(status.batch_counter.unwrap_or(0))),
+        ("BatchCounter", Variant::from(status.last.as_ref().and_then(|t| t.batch_counter).unwrap_or(0))),
     ];
     if let Some(last) = &status.last {
         values.extend([

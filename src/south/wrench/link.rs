@@ -1,7 +1,7 @@
 //! The thin I/O loop around `Session`: dials the controller, reads and frames bytes,
 //! writes telegrams, sleeps until the session's next deadline, commits results before
 //! acknowledging them, and reconnects with backoff. `connection` is generic over the
-//! stream so that tests can drive it over `tokio::io::duplex`.
+//! stream (`AsyncRead + AsyncWrite`); tests drive it over TCP against `sim.rs`.
 //!
 //! Release control and tool locking live here too, because they react to results and to
 //! the link coming up: with release control on, the tool is disabled whenever the link
@@ -114,10 +114,10 @@ fn refuse(request: LinkRequest, grant: &mut Grant, status: &watch::Sender<Wrench
         LinkRequest::Lock(locked, reply) => {
             // A lock is remembered and applied when the link comes up.
             grant.locked = locked;
-            status.send_modify(|s| s.locked = locked);
+            grant.publish(status);
             let _ = reply.send(Ok(()));
         }
-        LinkRequest::Clear => status.send_modify(|s| s.last_error = None),
+        LinkRequest::Clear => clear(status),
     }
 }
 
@@ -127,6 +127,49 @@ struct Grant {
     /// OK tightenings still released; `None` when nothing is released.
     remaining: Option<u32>,
     locked: bool,
+}
+
+impl Grant {
+    /// Shows the grant in the wrench's status; called after every change.
+    fn publish(&self, status: &watch::Sender<WrenchStatus>) {
+        status.send_modify(|s| {
+            s.locked = self.locked;
+            s.released = self.remaining;
+        });
+    }
+}
+
+const LOCKED: &str = "the tool is locked; unlock it first";
+
+/// `LinkRequest::Clear`, connected or not.
+fn clear(status: &watch::Sender<WrenchStatus>) {
+    status.send_modify(|s| {
+        s.alarm = None;
+        s.last_error = None;
+    });
+}
+
+/// Commands sent to the session and not answered yet, by request id.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    next_id: u64,
+}
+
+impl Pending {
+    /// Hands `command` to the session. `reply` is `None` for commands the link sends
+    /// itself; `what` names those in the log when they fail.
+    fn submit(
+        &mut self,
+        session: &mut Session,
+        command: Command,
+        what: &'static str,
+        reply: Option<oneshot::Sender<Result<(), WrenchError>>>,
+    ) {
+        self.next_id += 1;
+        self.waiters.insert(self.next_id, Waiter::new(&command, what, reply));
+        session.command(self.next_id, command, now());
+    }
 }
 
 /// Where a command's answer goes.
@@ -170,8 +213,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut session = Session::new(settings.session.clone(), history, now());
-    let mut waiters: HashMap<u64, Waiter> = HashMap::new();
-    let mut next_id = 0u64;
+    let mut pending = Pending::default();
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 4096];
     let mut reached_ready = false;
@@ -199,8 +241,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(()) => {
                             session.on_persisted(ack, now());
                             if ok && source == ResultSource::Live {
-                                on_ok_tightening(&mut session, grant, &mut waiters, &mut next_id);
-                                ctx.status.send_modify(|s| s.released = grant.remaining);
+                                on_ok_tightening(&mut session, grant, &mut pending);
+                                grant.publish(&ctx.status);
                             }
                         }
                         Err(err) => {
@@ -230,10 +272,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                     if settings.set_time_on_connect {
                         let time = chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string();
-                        internal(&mut session, &mut waiters, &mut next_id, Command::SetTime(time), "set time");
+                        pending.submit(&mut session, Command::SetTime(time), "set time", None);
                     }
                     if grant.locked || (*release_control.borrow() && grant.remaining.is_none()) {
-                        internal(&mut session, &mut waiters, &mut next_id, Command::DisableTool, "disable tool");
+                        pending.submit(&mut session, Command::DisableTool, "disable tool", None);
                     }
                 }
                 Output::Baseline(newest) => {
@@ -245,7 +287,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Output::Event(event) => on_event(&wrench_id, &ctx.status, event),
                 Output::Completed(id, result) => {
-                    let Some(waiter) = waiters.remove(&id) else { continue };
+                    let Some(waiter) = pending.waiters.remove(&id) else { continue };
                     let result = result.map_err(WrenchError::from);
                     if let (Ok(()), Some(enabled)) = (&result, waiter.enables) {
                         ctx.status.send_modify(|s| s.tool_enabled = Some(enabled));
@@ -262,7 +304,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Output::Closed(reason) => {
-                    for (_, waiter) in waiters.drain() {
+                    for (_, waiter) in pending.waiters.drain() {
                         if let Some(reply) = waiter.reply {
                             let _ = reply.send(Err(WrenchError::Disconnected));
                         }
@@ -271,8 +313,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        let deadline =
-            session.next_deadline().map(Instant::from_std).unwrap_or_else(|| now_tokio() + Duration::from_secs(3600));
+        let deadline = session
+            .next_deadline()
+            .map(Instant::from_std)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let deadline = stop_deadline.map_or(deadline, |stop| stop.min(deadline));
         tokio::select! {
             read = reader.read(&mut chunk) => match read {
@@ -299,11 +343,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             request = requests.recv(), if stop_deadline.is_none() => match request {
                 Some(request) => {
                     let release_control = *release_control.borrow();
-                    handle_request(request, &mut session, grant, &mut waiters, &mut next_id, release_control, &ctx.status);
+                    handle_request(request, &mut session, grant, &mut pending, release_control, &ctx.status);
                 }
                 None => {
                     session.stop(now());
-                    stop_deadline = Some(now_tokio() + STOP_GRACE);
+                    stop_deadline = Some(Instant::now() + STOP_GRACE);
                 }
             },
             changed = release_control.changed(), if release_watch_open => {
@@ -311,11 +355,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     // The setting's owner is gone (shutdown): nothing more will change.
                     release_watch_open = false;
                 } else if *release_control.borrow_and_update() && grant.remaining.is_none() && reached_ready {
-                    internal(&mut session, &mut waiters, &mut next_id, Command::DisableTool, "disable tool");
+                    pending.submit(&mut session, Command::DisableTool, "disable tool", None);
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
-                if stop_deadline.is_some_and(|stop| now_tokio() >= stop) {
+                if stop_deadline.is_some_and(|stop| Instant::now() >= stop) {
                     session.on_link_lost(CloseReason::Stopped);
                 } else {
                     session.on_tick(now());
@@ -323,7 +367,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             () = token.cancelled(), if stop_deadline.is_none() => {
                 session.stop(now());
-                stop_deadline = Some(now_tokio() + STOP_GRACE);
+                stop_deadline = Some(Instant::now() + STOP_GRACE);
             }
         }
     }
@@ -333,98 +377,63 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn now() -> std::time::Instant {
-    now_tokio().into_std()
-}
-
-fn now_tokio() -> Instant {
-    Instant::now()
-}
-
-fn internal(
-    session: &mut Session,
-    waiters: &mut HashMap<u64, Waiter>,
-    next_id: &mut u64,
-    command: Command,
-    what: &'static str,
-) {
-    *next_id += 1;
-    waiters.insert(*next_id, Waiter::new(&command, what, None));
-    session.command(*next_id, command, now());
-}
-
-fn api(
-    session: &mut Session,
-    waiters: &mut HashMap<u64, Waiter>,
-    next_id: &mut u64,
-    command: Command,
-    reply: oneshot::Sender<Result<(), WrenchError>>,
-) {
-    *next_id += 1;
-    waiters.insert(*next_id, Waiter::new(&command, "request", Some(reply)));
-    session.command(*next_id, command, now());
+    Instant::now().into_std()
 }
 
 fn handle_request(
     request: LinkRequest,
     session: &mut Session,
     grant: &mut Grant,
-    waiters: &mut HashMap<u64, Waiter>,
-    next_id: &mut u64,
+    pending: &mut Pending,
     release_control: bool,
     status: &watch::Sender<WrenchStatus>,
 ) {
     match request {
         LinkRequest::Command(Command::EnableTool, reply) if grant.locked => {
-            let _ = reply.send(Err(WrenchError::Refused("the tool is locked; unlock it first".into())));
+            let _ = reply.send(Err(WrenchError::Refused(LOCKED.into())));
         }
         LinkRequest::Command(Command::EnableTool, reply) if release_control && grant.remaining.is_none() => {
             let _ = reply.send(Err(WrenchError::Refused(
                 "release control is on: the tool is enabled only while a step expects tightenings".into(),
             )));
         }
-        LinkRequest::Command(command, reply) => api(session, waiters, next_id, command, reply),
+        LinkRequest::Command(command, reply) => pending.submit(session, command, "request", Some(reply)),
         LinkRequest::Release { reply, .. } if grant.locked => {
-            let _ = reply.send(Err(WrenchError::Refused("the tool is locked; unlock it first".into())));
+            let _ = reply.send(Err(WrenchError::Refused(LOCKED.into())));
         }
         LinkRequest::Release { pset, count, reply } => {
             grant.remaining = Some(count.max(1));
-            status.send_modify(|s| s.released = grant.remaining);
+            grant.publish(status);
             if let Some(pset) = pset {
-                internal(session, waiters, next_id, Command::SelectPset(pset), "select Pset");
+                pending.submit(session, Command::SelectPset(pset), "select Pset", None);
             }
-            api(session, waiters, next_id, Command::EnableTool, reply);
+            pending.submit(session, Command::EnableTool, "request", Some(reply));
         }
         LinkRequest::Lock(true, reply) => {
             grant.locked = true;
             grant.remaining = None;
-            status.send_modify(|s| {
-                s.locked = true;
-                s.released = None;
-            });
-            api(session, waiters, next_id, Command::DisableTool, reply);
+            grant.publish(status);
+            pending.submit(session, Command::DisableTool, "request", Some(reply));
         }
         LinkRequest::Lock(false, reply) => {
             grant.locked = false;
-            status.send_modify(|s| s.locked = false);
+            grant.publish(status);
             if release_control {
                 let _ = reply.send(Ok(()));
             } else {
-                api(session, waiters, next_id, Command::EnableTool, reply);
+                pending.submit(session, Command::EnableTool, "request", Some(reply));
             }
         }
-        LinkRequest::Clear => status.send_modify(|s| {
-            s.alarm = None;
-            s.last_error = None;
-        }),
+        LinkRequest::Clear => clear(status),
     }
 }
 
 /// An OK tightening counts against a release; the last one disables the tool again.
-fn on_ok_tightening(session: &mut Session, grant: &mut Grant, waiters: &mut HashMap<u64, Waiter>, next_id: &mut u64) {
+fn on_ok_tightening(session: &mut Session, grant: &mut Grant, pending: &mut Pending) {
     if let Some(remaining) = grant.remaining {
         if remaining <= 1 {
             grant.remaining = None;
-            internal(session, waiters, next_id, Command::DisableTool, "disable tool after the released batch");
+            pending.submit(session, Command::DisableTool, "disable tool after the released batch", None);
         } else {
             grant.remaining = Some(remaining - 1);
         }
@@ -483,9 +492,6 @@ async fn persist(
     ctx.status.send_modify(|s| {
         s.results_stored += 1;
         if !summary.backfilled || s.last.as_ref().is_none_or(|l| l.tightening_id < summary.tightening_id) {
-            if let Some(counter) = summary.batch_counter {
-                s.batch_counter = Some(counter);
-            }
             s.last = Some(summary.clone());
         }
     });

@@ -26,7 +26,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use link::LinkRequest;
+use link::LinkRequest;
 pub use messages::ErrorCode;
 pub use session::{Command, SessionConfig};
 
@@ -111,10 +111,10 @@ pub struct WrenchStatus {
     /// MID 0022: the controller locked the tool at batch done.
     pub batch_locked: Option<bool>,
     pub pset: Option<u32>,
-    pub batch_counter: Option<u32>,
     pub vin: Option<String>,
     pub alarm: Option<String>,
     pub last_error: Option<String>,
+    /// The newest stored tightening (its batch counter is the tool's).
     pub last: Option<TighteningSummary>,
     pub results_stored: u64,
     pub reconnects: u64,
@@ -135,7 +135,6 @@ impl WrenchStatus {
             released: None,
             batch_locked: None,
             pset: None,
-            batch_counter: None,
             vin: None,
             alarm: None,
             last_error: None,
@@ -227,7 +226,7 @@ impl Wrenches {
         Ok(())
     }
 
-    /// Ends a link (tool disabled, MID 0003) and forgets it. Returns its id.
+    /// Ends a link (tool disabled, MID 0003) and forgets it.
     pub fn disconnect(&self, id: &str) -> Result<(), WrenchError> {
         let handle = self.links.lock().expect("wrench map lock").remove(id);
         match handle {
