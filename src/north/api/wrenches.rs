@@ -566,7 +566,7 @@ pub async fn set_time(
     body: Result<Json<AddressBody>, JsonRejection>,
 ) -> Result<Json<Envelope<String>>, ApiError> {
     let id = pick(&state.wrenches, optional_address(body)?.as_deref())?;
-    let time = chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string();
+    let time = crate::south::wrench::local_time_now();
     state.wrenches.command(&id, Command::SetTime(time.clone())).await?;
     Ok(ok(time))
 }

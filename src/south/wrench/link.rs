@@ -271,8 +271,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         s.controller_software = info.controller_software.clone();
                     });
                     if settings.set_time_on_connect {
-                        let time = chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string();
-                        pending.submit(&mut session, Command::SetTime(time), "set time", None);
+                        pending.submit(&mut session, Command::SetTime(super::local_time_now()), "set time", None);
                     }
                     if grant.locked || (*release_control.borrow() && grant.remaining.is_none()) {
                         pending.submit(&mut session, Command::DisableTool, "disable tool", None);

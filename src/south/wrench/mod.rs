@@ -34,6 +34,12 @@ use crate::bus::{Event, TighteningSummary};
 use crate::storage::Storage;
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
+/// The station PC's local time as Open Protocol carries it (`YYYY-MM-DD:HH:MM:SS`, the
+/// controller's wall clock, no zone): for MID 0082 and the simulator's results.
+pub fn local_time_now() -> String {
+    chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string()
+}
+
 /// One wrench link's settings, from the config or from `POST /wrenches/connect`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrenchSettings {

@@ -162,7 +162,7 @@ impl SimHandle {
             angle_min: Some(120),
             angle_max: Some(240),
             angle_target: Some(180),
-            timestamp: chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string(),
+            timestamp: super::local_time_now(),
             pset_changed_at: Some("2026-01-01:00:00:00".into()),
             strategy: Some(1),
             error_status: Some(0),
@@ -450,8 +450,7 @@ impl Connection {
                     }
                 }
             }
-            if self.handle.state.lock().expect("sim lock").drop_link {
-                self.handle.state.lock().expect("sim lock").drop_link = false;
+            if std::mem::take(&mut self.handle.state.lock().expect("sim lock").drop_link) {
                 return Err(());
             }
             self.push_next().await?;
@@ -545,7 +544,7 @@ impl Connection {
             Message::PsetSubscribe => {
                 self.subscribe(mid).await?;
                 let pset = self.handle.pset();
-                self.reply(Message::PsetSelected { pset, changed_at: now_text() }).await?;
+                self.reply(Message::PsetSelected { pset, changed_at: super::local_time_now() }).await?;
             }
             Message::LockSubscribe => {
                 self.subscribe(mid).await?;
@@ -563,7 +562,7 @@ impl Connection {
                     code: String::new(),
                     controller_ready: true,
                     tool_ready: true,
-                    time: now_text(),
+                    time: super::local_time_now(),
                 };
                 self.reply(Message::AlarmStatus { active: false, alarm }).await?;
             }
@@ -585,7 +584,7 @@ impl Connection {
                 }
                 self.reply(Message::Accepted { mid }).await?;
                 if self.subscriptions.contains(&m::MID_PSET_SUBSCRIBE) {
-                    self.reply(Message::PsetSelected { pset, changed_at: now_text() }).await?;
+                    self.reply(Message::PsetSelected { pset, changed_at: super::local_time_now() }).await?;
                 }
             }
             Message::SetBatchSize { size, .. } => {
@@ -722,8 +721,4 @@ impl Connection {
             self.stream.write_all(bytes).await.map_err(|_| ())
         }
     }
-}
-
-fn now_text() -> String {
-    chrono::Local::now().format("%Y-%m-%d:%H:%M:%S").to_string()
 }
