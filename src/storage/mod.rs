@@ -271,12 +271,7 @@ impl Db {
         )?;
         let seq = tx.last_insert_rowid();
         if self.outbox {
-            tx.execute(
-                "INSERT INTO outbox (station_id, station_seq, kind, record_seq, created_at_ms)
-                 VALUES (?1, (SELECT COALESCE(MAX(station_seq), 0) + 1 FROM outbox WHERE station_id = ?1),
-                         'inspection', ?2, ?3)",
-                params![new.station_id, seq, new.inspected_at.timestamp_millis()],
-            )?;
+            insert_outbox(&tx, &new.station_id, "inspection", seq, new.inspected_at)?;
         }
         {
             let mut stmt = tx.prepare_cached(
@@ -600,6 +595,23 @@ impl Db {
         self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// The MQTT announcement of record `record_seq`, numbered next in its station's sequence;
+/// written in the record's own transaction.
+fn insert_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    station_id: &str,
+    kind: &str,
+    record_seq: i64,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (station_id, station_seq, kind, record_seq, created_at_ms)
+         VALUES (?1, (SELECT COALESCE(MAX(station_seq), 0) + 1 FROM outbox WHERE station_id = ?1), ?2, ?3, ?4)",
+        params![station_id, kind, record_seq, at.timestamp_millis()],
+    )?;
+    Ok(())
 }
 
 const RECORD_COLUMNS: &str = "seq, id, station_id, part_id, source, decision, confidence, label, scores,

@@ -115,12 +115,7 @@ impl Db {
         if self.outbox
             && let Some(station_id) = &new.station_id
         {
-            tx.execute(
-                "INSERT INTO outbox (station_id, station_seq, kind, record_seq, created_at_ms)
-                 VALUES (?1, (SELECT COALESCE(MAX(station_seq), 0) + 1 FROM outbox WHERE station_id = ?1),
-                         'tightening', ?2, ?3)",
-                params![station_id, seq, new.received_at.timestamp_millis()],
-            )?;
+            super::insert_outbox(&tx, station_id, "tightening", seq, new.received_at)?;
         }
         tx.commit()?;
         let mut tightening = new;
