@@ -424,7 +424,9 @@ impl Publisher {
                         dropped,
                         "MQTT outbox retention dropped undelivered messages"
                     );
-                    let message = format!("{dropped} undelivered inspection messages dropped by the outbox retention");
+                    let message = format!(
+                        "{dropped} undelivered messages (inspections, tightenings) dropped by the outbox retention"
+                    );
                     self.raise(payload::Severity::Critical, "MQTT messages dropped", &message, "mqtt");
                 }
                 let due = self.last_backlog_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
