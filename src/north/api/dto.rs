@@ -275,7 +275,8 @@ pub struct TighteningDto {
     pub received_at: String,
 }
 
-fn hundredths(value: i64) -> f64 {
+/// Open Protocol's integer hundredths as the decimal the API shows.
+pub fn hundredths(value: i64) -> f64 {
     value as f64 / 100.0
 }
 

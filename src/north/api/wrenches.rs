@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::ApiState;
-use super::dto::{TighteningDto, TighteningList, rfc3339};
+use super::dto::{TighteningDto, TighteningList, hundredths, rfc3339};
 use super::error::ApiError;
 use super::routes::query_error;
 use crate::south::wrench::{Command, LinkState, WrenchError, WrenchSettings, WrenchStatus, Wrenches};
@@ -143,7 +143,7 @@ impl WrenchDto {
             last_tightening: s.last.map(|t| LastTighteningDto {
                 tightening_id: t.tightening_id,
                 status: if t.ok { "ok" } else { "nok" },
-                torque: t.torque as f64 / 100.0,
+                torque: hundredths(t.torque),
                 torque_unit: t.torque_unit,
                 angle: t.angle,
                 program_nr: t.pset,
@@ -159,6 +159,11 @@ impl WrenchDto {
 fn dto(wrenches: &Wrenches, id: &str) -> Result<WrenchDto, ApiError> {
     let status = wrenches.status(id).ok_or_else(|| ApiError::not_found(format!("no wrench {id:?}")))?;
     Ok(WrenchDto::new(status, wrenches.release_control()))
+}
+
+fn all(wrenches: &Wrenches) -> Vec<WrenchDto> {
+    let release_control = wrenches.release_control();
+    wrenches.statuses().into_iter().map(|s| WrenchDto::new(s, release_control)).collect()
 }
 
 /// The wrench a request means: by id or address, or the only one there is.
@@ -180,8 +185,7 @@ fn pick(wrenches: &Wrenches, address: Option<&str>) -> Result<String, ApiError> 
 }
 
 pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<WrenchDto>>> {
-    let release_control = state.wrenches.release_control();
-    ok(state.wrenches.statuses().into_iter().map(|s| WrenchDto::new(s, release_control)).collect())
+    ok(all(&state.wrenches))
 }
 
 #[derive(Deserialize)]
@@ -351,9 +355,7 @@ pub async fn discover(
     query: Result<Query<DiscoverQuery>, QueryRejection>,
 ) -> Result<Json<Envelope<DiscoverDto>>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    let release_control = state.wrenches.release_control();
-    let configured: Vec<WrenchDto> =
-        state.wrenches.statuses().into_iter().map(|s| WrenchDto::new(s, release_control)).collect();
+    let configured = all(&state.wrenches);
     let port = query.port.unwrap_or(4545);
     let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(300).clamp(50, 5000));
     let addresses = match &query.range {
