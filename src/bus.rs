@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 use crate::core::decision::Decision;
+use crate::storage::Source;
 
 /// The facts of one stored inspection that the core and the plant interfaces need.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,8 @@ pub struct InspectionSummary {
     pub seq: i64,
     pub station_id: String,
     pub part_id: Option<String>,
+    /// Uploads are judged like live parts but drive no station outputs.
+    pub source: Source,
     pub decision: Decision,
     pub confidence: f32,
     pub label: Option<String>,

@@ -42,6 +42,82 @@ pub struct Config {
     pub opcua: Option<OpcuaConfig>,
     /// Keyed by wrench id.
     pub wrenches: BTreeMap<String, WrenchConfig>,
+    /// `None` when the station has no GPIO lines.
+    pub gpio: Option<GpioConfig>,
+}
+
+/// The station's digital I/O: inputs (triggers, sensors) and outputs (stack light, reject
+/// gate, busy), each named in the config and addressed by chip and offset or line name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpioConfig {
+    pub backend: GpioBackend,
+    /// Shown as the lines' consumer by `gpioinfo`.
+    pub consumer: String,
+    pub inputs: BTreeMap<String, GpioInput>,
+    pub outputs: BTreeMap<String, GpioOutput>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpioBackend {
+    /// The kernel's GPIO character device (`/dev/gpiochipN`) through gpiocdev.
+    Cdev,
+    /// An in-process simulated chip; inputs are driven through the sim control (REST
+    /// `POST /api/v1/system/gpio/{name}/inject`, tests, benches).
+    Sim,
+}
+
+/// Where a line is: an offset on a chip, or a line name found on any chip.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LineAddress {
+    Offset { chip: PathBuf, offset: u32 },
+    Name(String),
+}
+
+impl fmt::Display for LineAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineAddress::Offset { chip, offset } => write!(f, "{}:{offset}", chip.display()),
+            LineAddress::Name(name) => write!(f, "{name:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeSelect {
+    Rising,
+    Falling,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineBias {
+    PullUp,
+    PullDown,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpioInput {
+    pub line: LineAddress,
+    /// Which logical change is an event (after `active_low`).
+    pub edge: EdgeSelect,
+    pub active_low: bool,
+    /// A level must hold this long before it counts (the kernel's debounce).
+    pub debounce: Duration,
+    /// `None` leaves the line's bias as it is.
+    pub bias: Option<LineBias>,
+    /// The station an event on this line inspects, if it is a trigger.
+    pub trigger: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpioOutput {
+    pub line: LineAddress,
+    pub active_low: bool,
+    /// The logical level at start and on every shutdown path.
+    pub safe_active: bool,
+    /// Set for a pulse output (a reject gate): asserted for this long, then back to safe.
+    pub pulse: Option<Duration>,
 }
 
 /// One tightening controller (Open Protocol), or an in-process simulator of one.
@@ -180,6 +256,8 @@ pub struct StationConfig {
     pub camera: Option<String>,
     /// Modbus unit id of this station (defaults to 1 when it is the only station).
     pub modbus_unit: Option<u8>,
+    /// The GPIO outputs its results drive.
+    pub outputs: crate::core::outputs::OutputMap,
 }
 
 /// A configuration problem, with the key path it concerns.
@@ -287,6 +365,68 @@ pub(crate) struct RawConfig {
     opcua: Option<RawOpcua>,
     #[serde(default)]
     wrenches: BTreeMap<String, RawWrench>,
+    gpio: Option<RawGpio>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpio {
+    backend: String,
+    #[serde(default = "default_gpio_chip")]
+    chip: PathBuf,
+    #[serde(default = "default_gpio_consumer")]
+    consumer: String,
+    #[serde(default)]
+    inputs: BTreeMap<String, RawGpioInput>,
+    #[serde(default)]
+    outputs: BTreeMap<String, RawGpioOutput>,
+}
+
+fn default_gpio_chip() -> PathBuf {
+    PathBuf::from("/dev/gpiochip0")
+}
+
+fn default_gpio_consumer() -> String {
+    "stationd".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioInput {
+    line: toml::Value,
+    chip: Option<PathBuf>,
+    #[serde(default = "default_edge")]
+    edge: String,
+    #[serde(default)]
+    active_low: bool,
+    #[serde(default = "default_debounce_ms")]
+    debounce_ms: u64,
+    bias: Option<String>,
+    trigger: Option<String>,
+}
+
+fn default_edge() -> String {
+    "rising".to_owned()
+}
+
+fn default_debounce_ms() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioOutput {
+    line: toml::Value,
+    chip: Option<PathBuf>,
+    #[serde(default)]
+    active_low: bool,
+    #[serde(default = "default_safe")]
+    safe: String,
+    pulse_ms: Option<u64>,
+}
+
+fn default_safe() -> String {
+    "inactive".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -693,6 +833,13 @@ struct RawCamera {
 struct RawStation {
     camera: Option<String>,
     modbus_unit: Option<u8>,
+    #[serde(default)]
+    pass_outputs: Vec<String>,
+    #[serde(default)]
+    fail_outputs: Vec<String>,
+    #[serde(default)]
+    uncertain_outputs: Vec<String>,
+    busy_output: Option<String>,
 }
 
 impl RawConfig {
@@ -755,6 +902,7 @@ impl RawConfig {
         if self.stations.is_empty() {
             return Err(ConfigError::invalid("stations", "at least one station must be configured"));
         }
+        let gpio = self.gpio.map(RawGpio::validate).transpose()?;
         let mut stations = BTreeMap::new();
         for (id, raw) in self.stations {
             check_id(&format!("stations.{id}"), &id)?;
@@ -766,7 +914,20 @@ impl RawConfig {
                     format!("no camera {camera:?} under [cameras]"),
                 ));
             }
-            stations.insert(id, StationConfig { camera: raw.camera, modbus_unit: raw.modbus_unit });
+            let outputs = raw.output_map(&id, gpio.as_ref())?;
+            stations.insert(id, StationConfig { camera: raw.camera, modbus_unit: raw.modbus_unit, outputs });
+        }
+        if let Some(gpio) = &gpio {
+            for (name, input) in &gpio.inputs {
+                if let Some(station) = &input.trigger
+                    && !stations.contains_key(station)
+                {
+                    return Err(ConfigError::invalid(
+                        format!("gpio.inputs.{name}.trigger"),
+                        format!("no station {station:?} under [stations]"),
+                    ));
+                }
+            }
         }
         let modbus = match self.modbus {
             Some(raw) if raw.enabled => Some(raw.validate(&stations)?),
@@ -805,7 +966,152 @@ impl RawConfig {
             mqtt,
             opcua,
             wrenches,
+            gpio,
         })
+    }
+}
+
+impl RawGpio {
+    fn validate(self) -> Result<GpioConfig, ConfigError> {
+        let backend = match self.backend.as_str() {
+            "cdev" => GpioBackend::Cdev,
+            "sim" => GpioBackend::Sim,
+            other => {
+                return Err(ConfigError::invalid("gpio.backend", format!("{other:?} is not one of \"cdev\", \"sim\"")));
+            }
+        };
+        if self.consumer.is_empty() || self.consumer.len() > 31 {
+            return Err(ConfigError::invalid("gpio.consumer", "must have 1 to 31 characters"));
+        }
+        // Each line once, whether it is named by offset or by name.
+        let mut seen: BTreeMap<LineAddress, String> = BTreeMap::new();
+        let mut claim = |key: String, line: &LineAddress| match seen.insert(line.clone(), key.clone()) {
+            Some(other) => Err(ConfigError::invalid(key, format!("line {line} is already used by {other}"))),
+            None => Ok(()),
+        };
+        let mut inputs = BTreeMap::new();
+        for (name, raw) in self.inputs {
+            let key = |field: &str| format!("gpio.inputs.{name}.{field}");
+            check_id(&format!("gpio.inputs.{name}"), &name)?;
+            let line = line_address(&key("line"), raw.line, raw.chip.unwrap_or_else(|| self.chip.clone()))?;
+            claim(format!("gpio.inputs.{name}"), &line)?;
+            let edge = match raw.edge.as_str() {
+                "rising" => EdgeSelect::Rising,
+                "falling" => EdgeSelect::Falling,
+                "both" => EdgeSelect::Both,
+                other => {
+                    return Err(ConfigError::invalid(
+                        key("edge"),
+                        format!("{other:?} is not one of \"rising\", \"falling\", \"both\""),
+                    ));
+                }
+            };
+            if raw.debounce_ms > 1_000 {
+                return Err(ConfigError::invalid(key("debounce_ms"), "must be between 0 and 1000"));
+            }
+            let bias = match raw.bias.as_deref() {
+                None => None,
+                Some("pull_up") => Some(LineBias::PullUp),
+                Some("pull_down") => Some(LineBias::PullDown),
+                Some("disabled") => Some(LineBias::Disabled),
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        key("bias"),
+                        format!("{other:?} is not one of \"pull_up\", \"pull_down\", \"disabled\""),
+                    ));
+                }
+            };
+            let input = GpioInput {
+                line,
+                edge,
+                active_low: raw.active_low,
+                debounce: Duration::from_millis(raw.debounce_ms),
+                bias,
+                trigger: raw.trigger,
+            };
+            inputs.insert(name, input);
+        }
+        let mut outputs = BTreeMap::new();
+        for (name, raw) in self.outputs {
+            let key = |field: &str| format!("gpio.outputs.{name}.{field}");
+            check_id(&format!("gpio.outputs.{name}"), &name)?;
+            if inputs.contains_key(&name) {
+                return Err(ConfigError::invalid(format!("gpio.outputs.{name}"), "an input has the same name"));
+            }
+            let line = line_address(&key("line"), raw.line, raw.chip.unwrap_or_else(|| self.chip.clone()))?;
+            claim(format!("gpio.outputs.{name}"), &line)?;
+            let safe_active = match raw.safe.as_str() {
+                "inactive" => false,
+                "active" => true,
+                other => {
+                    return Err(ConfigError::invalid(
+                        key("safe"),
+                        format!("{other:?} is not one of \"inactive\", \"active\""),
+                    ));
+                }
+            };
+            let pulse = match raw.pulse_ms {
+                None => None,
+                Some(ms @ 1..=60_000) => Some(Duration::from_millis(ms)),
+                Some(_) => return Err(ConfigError::invalid(key("pulse_ms"), "must be between 1 and 60000")),
+            };
+            outputs.insert(name, GpioOutput { line, active_low: raw.active_low, safe_active, pulse });
+        }
+        Ok(GpioConfig { backend, consumer: self.consumer, inputs, outputs })
+    }
+}
+
+/// `line = 17` (an offset on `chip`) or `line = "P9_12"` (a line name on any chip).
+fn line_address(key: &str, line: toml::Value, chip: PathBuf) -> Result<LineAddress, ConfigError> {
+    match line {
+        toml::Value::Integer(offset) => u32::try_from(offset)
+            .map(|offset| LineAddress::Offset { chip, offset })
+            .map_err(|_| ConfigError::invalid(key, "an offset must be >= 0")),
+        toml::Value::String(name) if !name.is_empty() => Ok(LineAddress::Name(name)),
+        _ => Err(ConfigError::invalid(key, "must be an offset (17) or a line name (\"P9_12\")")),
+    }
+}
+
+impl RawStation {
+    fn output_map(&self, id: &str, gpio: Option<&GpioConfig>) -> Result<crate::core::outputs::OutputMap, ConfigError> {
+        let mut map = crate::core::outputs::OutputMap::default();
+        let lists = [
+            ("pass_outputs", &self.pass_outputs, &mut map.pass),
+            ("fail_outputs", &self.fail_outputs, &mut map.fail),
+            ("uncertain_outputs", &self.uncertain_outputs, &mut map.uncertain),
+        ];
+        for (field, names, into) in lists {
+            for name in names {
+                let output = gpio.and_then(|g| g.outputs.get(name)).ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("stations.{id}.{field}"),
+                        format!("no output {name:?} under [gpio.outputs]"),
+                    )
+                })?;
+                into.push(name.clone());
+                if output.pulse.is_some() {
+                    map.pulsed.insert(name.clone());
+                }
+            }
+        }
+        if let Some(name) = &self.busy_output {
+            match gpio.and_then(|g| g.outputs.get(name)) {
+                None => {
+                    return Err(ConfigError::invalid(
+                        format!("stations.{id}.busy_output"),
+                        format!("no output {name:?} under [gpio.outputs]"),
+                    ));
+                }
+                Some(output) if output.pulse.is_some() => {
+                    return Err(ConfigError::invalid(
+                        format!("stations.{id}.busy_output"),
+                        format!("{name:?} is a pulse output; busy needs a level output"),
+                    ));
+                }
+                Some(_) => map.busy = Some(name.clone()),
+            }
+        }
+        Ok(map)
     }
 }
 
@@ -977,6 +1283,9 @@ mod tests {
             "modbus",
             "mqtt",
             "opcua",
+            "gpio",
+            "gpio.inputs.",
+            "gpio.outputs.",
             "opcua.users.",
             "wrenches.",
         ];
@@ -999,6 +1308,25 @@ mod tests {
             ("cameras.", "format"),
             ("stations.", "camera"),
             ("stations.", "modbus_unit"),
+            ("stations.", "pass_outputs"),
+            ("stations.", "fail_outputs"),
+            ("stations.", "uncertain_outputs"),
+            ("stations.", "busy_output"),
+            ("gpio", "backend"),
+            ("gpio", "chip"),
+            ("gpio", "consumer"),
+            ("gpio.inputs.", "line"),
+            ("gpio.inputs.", "chip"),
+            ("gpio.inputs.", "edge"),
+            ("gpio.inputs.", "active_low"),
+            ("gpio.inputs.", "debounce_ms"),
+            ("gpio.inputs.", "bias"),
+            ("gpio.inputs.", "trigger"),
+            ("gpio.outputs.", "line"),
+            ("gpio.outputs.", "chip"),
+            ("gpio.outputs.", "active_low"),
+            ("gpio.outputs.", "safe"),
+            ("gpio.outputs.", "pulse_ms"),
             ("modbus", "enabled"),
             ("modbus", "bind"),
             ("modbus", "allow"),
@@ -1113,6 +1441,53 @@ mod tests {
         for (find, replace, expected) in cases {
             assert_eq!(error_of(&with_line(REFERENCE, find, replace)), expected);
         }
+    }
+
+    #[test]
+    fn gpio_lines_and_station_outputs_are_checked() {
+        let cases = [
+            (
+                "line = 23",
+                "line = 22",
+                "`gpio.outputs.green`: line /dev/gpiochip0:22 is already used by gpio.outputs.amber",
+            ),
+            ("line = 23", "line = -1", "`gpio.outputs.amber.line`: an offset must be >= 0"),
+            (
+                "line = 23",
+                "line = true",
+                "`gpio.outputs.amber.line`: must be an offset (17) or a line name (\"P9_12\")",
+            ),
+            (
+                "edge = \"rising\"",
+                "edge = \"up\"",
+                "`gpio.inputs.trigger.edge`: \"up\" is not one of \"rising\", \"falling\", \"both\"",
+            ),
+            ("pulse_ms = 250", "pulse_ms = 0", "`gpio.outputs.reject.pulse_ms`: must be between 1 and 60000"),
+            (
+                "trigger = \"default\"",
+                "trigger = \"line-2\"",
+                "`gpio.inputs.trigger.trigger`: no station \"line-2\" under [stations]",
+            ),
+            (
+                "busy_output = \"busy\"",
+                "busy_output = \"reject\"",
+                "`stations.default.busy_output`: \"reject\" is a pulse output; busy needs a level output",
+            ),
+            (
+                "pass_outputs = [\"green\"]",
+                "pass_outputs = [\"gren\"]",
+                "`stations.default.pass_outputs`: no output \"gren\" under [gpio.outputs]",
+            ),
+            ("backend = \"cdev\"", "backend = \"sysfs\"", "`gpio.backend`: \"sysfs\" is not one of \"cdev\", \"sim\""),
+        ];
+        for (find, replace, expected) in cases {
+            assert_eq!(error_of(&with_line(REFERENCE, find, replace)), expected);
+        }
+        let config = Config::from_toml_str(REFERENCE).unwrap();
+        let gpio = config.gpio.unwrap();
+        assert_eq!(gpio.inputs["trigger"].trigger.as_deref(), Some("default"));
+        assert_eq!(gpio.outputs["reject"].pulse, Some(Duration::from_millis(250)));
+        assert_eq!(config.stations["default"].outputs.pulsed, ["reject".to_owned()].into());
     }
 
     #[test]

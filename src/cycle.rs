@@ -171,6 +171,7 @@ impl Inspector {
             seq: record.seq,
             station_id: record.station_id.clone(),
             part_id: record.part_id.clone(),
+            source,
             decision: record.decision,
             confidence: record.confidence,
             label: record.label.clone(),

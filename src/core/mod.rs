@@ -7,6 +7,7 @@
 //! it as the single owner of station state.
 
 pub mod decision;
+pub mod outputs;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -117,6 +118,7 @@ mod tests {
             seq,
             station_id: station.into(),
             part_id: None,
+            source: crate::storage::Source::Camera,
             decision,
             confidence: 0.9,
             label: None,

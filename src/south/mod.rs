@@ -3,4 +3,5 @@
 //! have a real and a simulated implementation; nothing else in the daemon gets a trait.
 
 pub mod camera;
+pub mod gpio;
 pub mod wrench;
