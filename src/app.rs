@@ -13,15 +13,16 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::bus::{self, Bus};
-use crate::config::{CameraBackend, Config, WrenchBackend};
+use crate::config::{CameraBackend, Config, GpioBackend, WrenchBackend};
 use crate::core::Core;
 use crate::cycle::Inspector;
 use crate::north::api::{self, ApiState};
 use crate::north::{modbus, mqtt, opcua};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
+use crate::south::gpio::{self, cdev::CdevGpio, sim::GpioSimControl};
 use crate::south::wrench::{self, SessionConfig, WrenchSettings};
 use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
-use crate::{core_task, inference, storage};
+use crate::{core_task, inference, station_io, storage};
 
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
 pub struct RunningApp {
@@ -33,6 +34,8 @@ pub struct RunningApp {
     pub readiness: Readiness,
     pub bus: Bus,
     pub wrenches: wrench::Wrenches,
+    /// The simulated GPIO chip's wiring side, with `[gpio] backend = "sim"`.
+    pub gpio_sim: Option<GpioSimControl>,
     /// Number of REST requests being served.
     pub in_flight: watch::Receiver<usize>,
     supervisor: Supervisor,
@@ -81,6 +84,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         };
         cameras.insert(id.clone(), handle);
     }
+
+    let mut gpio_sim = None;
+    let gpio = config.gpio.as_ref().map(|gpio_config| match gpio_config.backend {
+        GpioBackend::Sim => {
+            let control = GpioSimControl::new(gpio_config);
+            gpio_sim = Some(control.clone());
+            gpio::spawn(&mut supervisor, gpio_config.clone(), move || control.open())
+        }
+        GpioBackend::Cdev => {
+            let lines = gpio_config.clone();
+            gpio::spawn(&mut supervisor, gpio_config.clone(), move || CdevGpio::open(&lines))
+        }
+    });
 
     let station_ids: Vec<String> = config.stations.keys().cloned().collect();
     let core = Core::new(station_ids.clone());
@@ -137,6 +153,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         cameras,
         config.inference.thresholds.clone(),
     );
+    if let Some(gpio) = &gpio {
+        let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
+        station_io::spawn(&mut supervisor, gpio.clone(), inspector.clone(), &bus.notifications, maps);
+    }
     let modbus_addr = match &config.modbus {
         Some(modbus) => {
             let listener = modbus::bind(modbus.bind)
@@ -188,6 +208,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         mqtt: mqtt_handle,
         opcua: opcua_handle,
         wrenches: wrenches.clone(),
+        gpio,
+        gpio_sim: gpio_sim.clone(),
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 
@@ -198,6 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         readiness: supervisor.readiness(),
         bus,
         wrenches,
+        gpio_sim,
         in_flight: in_flight_rx,
         supervisor,
         shutdown_deadline: config.shutdown_deadline,

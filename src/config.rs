@@ -919,13 +919,17 @@ impl RawConfig {
         }
         if let Some(gpio) = &gpio {
             for (name, input) in &gpio.inputs {
-                if let Some(station) = &input.trigger
-                    && !stations.contains_key(station)
-                {
-                    return Err(ConfigError::invalid(
-                        format!("gpio.inputs.{name}.trigger"),
-                        format!("no station {station:?} under [stations]"),
-                    ));
+                let Some(station) = &input.trigger else { continue };
+                let key = format!("gpio.inputs.{name}.trigger");
+                match stations.get(station) {
+                    None => return Err(ConfigError::invalid(key, format!("no station {station:?} under [stations]"))),
+                    Some(config) if config.camera.is_none() => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("station {station:?} has no camera to inspect with"),
+                        ));
+                    }
+                    Some(_) => {}
                 }
             }
         }

@@ -24,6 +24,7 @@ pub mod cycle;
 pub mod inference;
 pub mod north;
 pub mod south;
+pub mod station_io;
 pub mod storage;
 pub mod supervisor;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod gpio;
 mod modbus;
 mod model;
 mod mqtt;

@@ -78,8 +78,8 @@ fn only_the_supervisor_spawns() {
 
 #[test]
 fn only_app_names_concrete_backends() {
-    let found = offenders(&rust_files(Path::new("src")), &["SimCamera", "V4l2Camera"], |f| {
-        f.ends_with("app.rs") || f.starts_with("src/south/camera")
+    let found = offenders(&rust_files(Path::new("src")), &["SimCamera", "V4l2Camera", "SimGpio", "CdevGpio"], |f| {
+        f.ends_with("app.rs") || f.starts_with("src/south/camera") || f.starts_with("src/south/gpio")
     });
     assert!(found.is_empty(), "concrete backends named outside app.rs:\n{}", found.join("\n"));
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod dto;
 mod error;
+mod gpio;
 mod routes;
 mod wrenches;
 
@@ -35,6 +36,10 @@ pub struct ApiState {
     /// `None` when OPC-UA is disabled.
     pub opcua: Option<crate::north::opcua::OpcuaHandle>,
     pub wrenches: crate::south::wrench::Wrenches,
+    /// `None` when the station has no GPIO lines.
+    pub gpio: Option<crate::south::gpio::GpioHandle>,
+    /// The simulated chip's wiring side, with `[gpio] backend = "sim"` only.
+    pub gpio_sim: Option<crate::south::gpio::sim::GpioSimControl>,
 }
 
 /// Room for the multipart envelope and the text fields around the file.
@@ -73,7 +78,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/settings/release-control", get(wrenches::get_release_control).post(wrenches::set_release_control))
         .route("/settings/torque", get(wrenches::get_torque_settings).put(wrenches::put_torque_settings))
         .route("/tightenings", get(wrenches::list_tightenings))
-        .route("/tightenings/{id}", get(wrenches::get_tightening));
+        .route("/tightenings/{id}", get(wrenches::get_tightening))
+        .route("/system/gpio", get(gpio::lines))
+        .route("/system/gpio/{name}/set", post(gpio::set_output))
+        .route("/system/gpio/{name}/inject", post(gpio::inject));
     Router::new()
         .nest("/api/v1", api)
         .fallback(routes::not_found)

@@ -32,7 +32,7 @@ pub struct Envelope<T: Serialize> {
     msg: T,
 }
 
-fn ok<T: Serialize>(msg: T) -> Json<Envelope<T>> {
+pub(super) fn ok<T: Serialize>(msg: T) -> Json<Envelope<T>> {
     Json(Envelope { status: "ok", msg })
 }
 
@@ -47,7 +47,7 @@ impl From<WrenchError> for ApiError {
     }
 }
 
-fn json_error(err: JsonRejection) -> ApiError {
+pub(super) fn json_error(err: JsonRejection) -> ApiError {
     ApiError::new(
         if err.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             err.status()

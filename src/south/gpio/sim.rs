@@ -142,13 +142,16 @@ impl GpioSimControl {
     /// Waits until `output` is at `active` (logical) and returns when it got there.
     pub async fn wait_output(&self, output: &str, active: bool) -> Instant {
         let mut changes = self.changes.clone();
+        let active_low = self.config.outputs.get(output).map(|o| o.active_low);
         loop {
             {
                 let chip = self.chip();
                 let last = chip.log.iter().rev().find(|(name, _, _)| name == output);
                 match last {
                     Some((_, level, at)) if *level == active => return *at,
-                    None if self.output(output) == Some(active) => return Instant::now(),
+                    None if active_low.is_some_and(|low| chip.physical[output] != low) == active => {
+                        return Instant::now();
+                    }
                     _ => {}
                 }
             }
