@@ -171,6 +171,50 @@ fn main() {
     report("wrench MID 0061 pushed -> 0062 ack (commit)", tightening);
     eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
     eprintln!("daemon exit after SIGTERM: {exit}");
+
+    let (gpio_total, gpio_overhead) = gpio_trigger_to_output();
+    report("GPIO edge -> result outputs set (in-process)", gpio_total);
+    report("  minus inference", gpio_overhead);
+}
+
+/// A trigger input's edge (simulated chip, debounce 0) to the result's outputs being set
+/// (the busy output drops after them), with the daemon in this process so that both ends
+/// are read on one clock.
+fn gpio_trigger_to_output() -> (Vec<f64>, Vec<f64>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let text = stationd::config::EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().display().to_string()))
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
+        .replace("sim_interval_ms = 5000\n", "")
+        .replace("line = 0\n", "line = 0\ndebounce_ms = 0\n");
+    let config = stationd::config::Config::from_toml_str(&text).unwrap();
+    runtime.block_on(async {
+        let app = stationd::app::start(config).await.unwrap();
+        app.wait_ready().await.unwrap();
+        let gpio = app.gpio_sim.clone().unwrap();
+        let (mut total, mut overhead) = (Vec::new(), Vec::new());
+        for i in 0..WARMUP + ITERATIONS {
+            let mut notifications = app.bus.notifications.subscribe();
+            let pressed = gpio.drive("trigger", true).unwrap();
+            let inference_ms = loop {
+                if let stationd::bus::Notification::InspectionCompleted(summary) = notifications.recv().await.unwrap() {
+                    break summary.inference_ms;
+                }
+            };
+            let settled = gpio.wait_output("busy", false).await;
+            gpio.drive("trigger", false).unwrap();
+            if i >= WARMUP {
+                let elapsed = settled.duration_since(pressed).as_secs_f64() * 1000.0;
+                total.push(elapsed);
+                overhead.push(elapsed - inference_ms);
+            }
+        }
+        assert!(app.shutdown().await);
+        (total, overhead)
+    })
 }
 
 /// A controller's view of one tightening: from writing MID 0061 to reading the MID 0062
