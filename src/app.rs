@@ -210,6 +210,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         wrenches: wrenches.clone(),
         gpio,
         gpio_sim: gpio_sim.clone(),
+        cameras: Arc::new(config.cameras.clone()),
+        streams: ApiState::stream_limit(),
+        stop: tokio_util::sync::CancellationToken::new(),
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

@@ -105,6 +105,12 @@ impl Inspector {
         &self.cameras
     }
 
+    /// The stations that inspect with camera `camera_id`.
+    pub fn stations_with_camera(&self, camera_id: &str) -> Vec<String> {
+        let stations = self.stations.iter().filter(|(_, s)| s.camera.as_deref() == Some(camera_id));
+        stations.map(|(id, _)| id.clone()).collect()
+    }
+
     pub async fn inspect(&self, request: InspectRequest) -> Result<InspectionRecord, CycleError> {
         let station = self
             .stations
@@ -202,7 +208,7 @@ impl Inspector {
     }
 }
 
-fn encode_jpeg(image: &image::RgbImage) -> Result<bytes::Bytes, CycleError> {
+pub(crate) fn encode_jpeg(image: &image::RgbImage) -> Result<bytes::Bytes, CycleError> {
     let mut out = Vec::with_capacity(image.as_raw().len() / 8);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
         .encode_image(image)

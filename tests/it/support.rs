@@ -72,6 +72,12 @@ impl Daemon {
         (status, headers, body)
     }
 
+    /// A GET whose body is read by the caller (a stream).
+    pub async fn get_streaming(&self, path: &str) -> hyper::Response<hyper::body::Incoming> {
+        let request = Request::get(format!("http://{}{path}", self.addr)).body(Full::new(Bytes::new())).unwrap();
+        self.client.request(request).await.expect("request")
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Bytes) {
         let (status, _, body) = self.request(Method::GET, path, None, Vec::new()).await;
         (status, body)

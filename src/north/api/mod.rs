@@ -2,12 +2,14 @@
 //! that refuses new connections and lets in-flight requests (and so in-flight inspection
 //! cycles) finish.
 
+mod cameras;
 pub(crate) mod dto;
 mod error;
 mod gpio;
 mod routes;
 mod wrenches;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,6 +42,18 @@ pub struct ApiState {
     pub gpio: Option<crate::south::gpio::GpioHandle>,
     /// The simulated chip's wiring side, with `[gpio] backend = "sim"` only.
     pub gpio_sim: Option<crate::south::gpio::sim::GpioSimControl>,
+    /// The cameras' configuration, keyed by camera id.
+    pub cameras: Arc<BTreeMap<String, crate::config::CameraConfig>>,
+    /// Camera streams open right now (at most `cameras::MAX_STREAMS`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the API stops: endless responses (streams) end on it.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl ApiState {
+    pub fn stream_limit() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(cameras::MAX_STREAMS))
+    }
 }
 
 /// Room for the multipart envelope and the text fields around the file.
@@ -79,6 +93,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/settings/torque", get(wrenches::get_torque_settings).put(wrenches::put_torque_settings))
         .route("/tightenings", get(wrenches::list_tightenings))
         .route("/tightenings/{id}", get(wrenches::get_tightening))
+        .route("/cameras", get(cameras::list))
+        .route("/cameras/{id}", get(cameras::get))
+        .route("/cameras/{id}/frame", get(cameras::frame))
+        .route("/cameras/{id}/stream", get(cameras::stream))
         .route("/system/gpio", get(gpio::lines))
         .route("/system/gpio/{name}/set", post(gpio::set_output))
         .route("/system/gpio/{name}/inject", post(gpio::inject));
@@ -108,7 +126,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until the service token is cancelled, then drains in-flight requests.
-pub async fn serve(listener: TcpListener, state: ApiState, ctx: ServiceContext) -> Result<(), ServiceError> {
+pub async fn serve(listener: TcpListener, mut state: ApiState, ctx: ServiceContext) -> Result<(), ServiceError> {
+    state.stop = ctx.token.clone();
     let addr = listener.local_addr().map_err(ServiceError::new)?;
     tracing::info!(%addr, "REST API listening");
     ctx.set_ready();

@@ -7,6 +7,7 @@ pub mod sim;
 pub mod v4l2;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -64,12 +65,20 @@ enum Request {
     Stop,
 }
 
+/// Capture counters, for the status API.
+#[derive(Debug, Default)]
+pub struct CameraCounters {
+    pub captures: AtomicU64,
+    pub failures: AtomicU64,
+}
+
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct CameraHandle {
     pub id: String,
     requests: mpsc::Sender<Request>,
     state: watch::Receiver<CameraState>,
+    pub counters: Arc<CameraCounters>,
 }
 
 impl CameraHandle {
@@ -102,6 +111,8 @@ where
     let (state_tx, state_rx) = watch::channel(CameraState::Starting);
     let stop_tx = tx.clone();
     let camera_id = id.clone();
+    let counters = Arc::new(CameraCounters::default());
+    let counted = counters.clone();
     supervisor.spawn_thread(
         format!("camera[{id}]"),
         Phase::Devices,
@@ -135,6 +146,8 @@ where
                             Some(source) => source.capture(),
                             None => Err(CameraError::Disconnected { camera: camera_id.clone() }),
                         };
+                        let counter = if result.is_ok() { &counted.captures } else { &counted.failures };
+                        counter.fetch_add(1, Ordering::Relaxed);
                         let _ = reply.send(result);
                     }
                     Request::Stop => break,
@@ -146,5 +159,5 @@ where
             let _ = stop_tx.send(Request::Stop).await;
         },
     );
-    CameraHandle { id, requests: tx, state: state_rx }
+    CameraHandle { id, requests: tx, state: state_rx, counters }
 }

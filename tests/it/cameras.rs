@@ -1,0 +1,95 @@
+//! The camera API: the list with state and counters, a fresh JPEG frame, an MJPEG stream
+//! that ends when the daemon stops, and the errors around them.
+
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::support::{Daemon, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_frame_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+
+    let (status, frame) = daemon.get("/api/v1/cameras/cam0/frame").await;
+    assert_eq!(status, StatusCode::OK);
+    let image = image::load_from_memory_with_format(&frame, image::ImageFormat::Jpeg).expect("a JPEG");
+    assert!(image.width() > 0);
+
+    let (status, list) = daemon.get_json("/api/v1/cameras").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        list,
+        json!({"status": "ok", "msg": [{
+            "id": "cam0", "backend": "sim", "source": "examples/parts", "width": null, "height": null,
+            "fps": null, "format": null, "state": "ready", "error": null, "stations": ["default"],
+            "captures": 1, "capture_failures": 0
+        }]})
+    );
+    let (status, one) = daemon.get_json("/api/v1/cameras/cam0").await;
+    assert_eq!((status, &one["msg"]["id"]), (StatusCode::OK, &json!("cam0")));
+
+    for (path, status) in [
+        ("/api/v1/cameras/cam9", StatusCode::NOT_FOUND),
+        ("/api/v1/cameras/cam9/frame", StatusCode::NOT_FOUND),
+        ("/api/v1/cameras/cam0/stream?fps=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/api/v1/cameras/cam0/stream?fps=100", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/api/v1/cameras/cam0/stream?rate=5", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (got, body) = daemon.get_json(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["detail"].is_string(), "{path}: {body}");
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_camera_is_listed_as_failed_and_its_frame_is_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-frames");
+    std::fs::create_dir(&empty).unwrap();
+    let mut config = test_config(&dir.path().join("state"));
+    config.cameras.insert(
+        "cam0".into(),
+        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty } },
+    );
+    let daemon = Daemon::start_settled(config).await;
+    let (_, list) = daemon.get_json("/api/v1/cameras").await;
+    assert_eq!(list["msg"][0]["state"], "failed", "{list}");
+    assert!(list["msg"][0]["error"].as_str().unwrap().contains("no images"), "{list}");
+    let (status, body) = daemon.get_json("/api/v1/cameras/cam0/frame").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _) = daemon.get_json("/api/v1/cameras/cam0/stream").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods, reason = "the test shuts the daemon down while it reads the stream")]
+async fn an_mjpeg_stream_delivers_frames_and_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let response = daemon.get_streaming("/api/v1/cameras/cam0/stream?fps=15").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "multipart/x-mixed-replace; boundary=stationd-frame");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut parts = 0;
+    while parts < 3 {
+        let frame = body.frame().await.expect("the stream goes on").unwrap();
+        received.extend_from_slice(frame.data_ref().unwrap());
+        parts = received.windows(16).filter(|w| w == b"--stationd-frame").count();
+    }
+    let first = &received[received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert!(first.starts_with(&[0xFF, 0xD8]), "each part is a JPEG");
+
+    // Shutdown ends the stream instead of waiting for the client to leave.
+    let stopped = tokio::spawn(daemon.shutdown());
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    assert!(stopped.await.unwrap(), "a clean shutdown with a stream open");
+}
