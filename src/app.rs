@@ -16,6 +16,7 @@ use crate::bus::{self, Bus};
 use crate::config::{CameraBackend, Config, GpioBackend, WrenchBackend};
 use crate::core::Core;
 use crate::cycle::Inspector;
+use crate::metrics::Metrics;
 use crate::north::api::{self, ApiState};
 use crate::north::{modbus, mqtt, opcua};
 use crate::south::camera::{self, CameraHandle, sim::SimCamera};
@@ -47,6 +48,7 @@ pub struct RunningApp {
 pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let mut supervisor = Supervisor::new();
     let (bus, core_ends) = bus::channels();
+    let metrics = Metrics::new();
 
     // Read the MQTT TLS files before anything starts: a bad file is a start-up error.
     let mqtt_tls = match &config.mqtt {
@@ -147,15 +149,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let inspector = Inspector::new(
         inference,
         storage,
-        bus.events.clone(),
-        bus.snapshots.clone(),
+        &bus,
         config.stations.clone(),
         cameras,
         config.inference.thresholds.clone(),
+        metrics.clone(),
     );
     if let Some(gpio) = &gpio {
         let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
-        station_io::spawn(&mut supervisor, gpio.clone(), inspector.clone(), &bus.notifications, maps);
+        station_io::spawn(&mut supervisor, gpio.clone(), inspector.clone(), &bus.notifications, maps, metrics.clone());
     }
     let modbus_addr = match &config.modbus {
         Some(modbus) => {
@@ -213,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         cameras: Arc::new(config.cameras.clone()),
         streams: ApiState::stream_limit(),
         stop: tokio_util::sync::CancellationToken::new(),
+        metrics,
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

@@ -25,6 +25,8 @@ pub struct InspectionSummary {
     pub part_id: Option<String>,
     /// Uploads are judged like live parts but drive no station outputs.
     pub source: Source,
+    /// When its trigger arrived (this process only; `None` for records read back at start).
+    pub triggered_at: Option<std::time::Instant>,
     pub decision: Decision,
     pub confidence: f32,
     pub label: Option<String>,

@@ -15,10 +15,11 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::bus::{Event, InspectionSummary, Snapshot};
+use crate::bus::{Bus, Event, InspectionSummary, Snapshot};
 use crate::config::{StationConfig, ThresholdOverrides};
 use crate::core::decision::{self, ModelOutput};
 use crate::inference::{ImageInput, InferenceError, InferenceHandle};
+use crate::metrics::{Metrics, Stage};
 use crate::south::camera::{CameraError, CameraHandle};
 use crate::storage::{InspectionRecord, NewImage, NewInspection, Source, Storage, StorageError};
 
@@ -70,26 +71,28 @@ pub struct Inspector {
     stations: Arc<BTreeMap<String, StationConfig>>,
     cameras: Arc<BTreeMap<String, CameraHandle>>,
     overrides: ThresholdOverrides,
+    metrics: Metrics,
 }
 
 impl Inspector {
     pub fn new(
         inference: InferenceHandle,
         storage: Storage,
-        events: mpsc::Sender<Event>,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        bus: &Bus,
         stations: BTreeMap<String, StationConfig>,
         cameras: BTreeMap<String, CameraHandle>,
         overrides: ThresholdOverrides,
+        metrics: Metrics,
     ) -> Inspector {
         Inspector {
             inference,
             storage,
-            events,
-            snapshots,
+            events: bus.events.clone(),
+            snapshots: bus.snapshots.clone(),
             stations: Arc::new(stations),
             cameras: Arc::new(cameras),
             overrides,
+            metrics,
         }
     }
 
@@ -128,6 +131,7 @@ impl Inspector {
                 let camera =
                     self.cameras.get(camera_id).ok_or_else(|| CycleError::NoCamera(request.station_id.clone()))?;
                 let frame = camera.capture().await?;
+                self.metrics.stage(&request.station_id, Stage::Capture, request.triggered_at.elapsed());
                 let image = frame.image.clone();
                 let jpeg = tokio::task::spawn_blocking(move || encode_jpeg(&image))
                     .await
@@ -141,6 +145,7 @@ impl Inspector {
         };
 
         let inferred = self.inference.infer(input).await?;
+        self.metrics.stage(&request.station_id, Stage::Inference, request.triggered_at.elapsed());
         let model = self.inference.model().ok_or(CycleError::Inference(InferenceError::NotReady))?;
         let rule = model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))?;
         let verdict = decision::decide(&rule, &inferred.output);
@@ -171,6 +176,8 @@ impl Inspector {
             inspected_at: Utc::now(),
         };
         let record = self.storage.call(move |db| db.insert_inspection(new)).await?;
+        self.metrics.stage(&record.station_id, Stage::Commit, request.triggered_at.elapsed());
+        self.metrics.inspection(&record.station_id, record.decision.as_str());
 
         let summary = InspectionSummary {
             id: record.id,
@@ -178,6 +185,7 @@ impl Inspector {
             station_id: record.station_id.clone(),
             part_id: record.part_id.clone(),
             source,
+            triggered_at: Some(request.triggered_at),
             decision: record.decision,
             confidence: record.confidence,
             label: record.label.clone(),
@@ -202,6 +210,7 @@ impl Inspector {
                         .is_some_and(|l| l.seq >= record.seq)
                 })
                 .await;
+            self.metrics.stage(&record.station_id, Stage::Published, request.triggered_at.elapsed());
         }
         tracing::debug!(id = %record.id, station = record.station_id, decision = record.decision.as_str(), "inspection stored");
         Ok(record)

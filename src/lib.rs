@@ -22,6 +22,7 @@ pub mod core;
 pub mod core_task;
 pub mod cycle;
 pub mod inference;
+pub mod metrics;
 pub mod north;
 pub mod south;
 pub mod station_io;

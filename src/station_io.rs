@@ -5,10 +5,9 @@
 //! Triggers never wait for each other: each runs its own cycle (the camera serialises the
 //! captures), up to `MAX_IN_FLIGHT`. A trigger beyond that cannot be inspected; it is
 //! logged, counted and shown as uncertain, because an unjudged part must not pass.
+//! Triggers by outcome and the `output` stage (trigger to outputs set) go to the metrics.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -18,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::bus::Notification;
 use crate::core::outputs::{self, OutputCommand, OutputMap};
 use crate::cycle::{CycleImage, InspectRequest, Inspector};
+use crate::metrics::{Metrics, Stage, TriggerOutcome};
 use crate::south::gpio::{GpioHandle, InputEdge};
 use crate::storage::Source;
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
@@ -25,35 +25,24 @@ use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 /// Cycles running at once from GPIO triggers.
 const MAX_IN_FLIGHT: usize = 8;
 
-/// Counters for the status API.
-#[derive(Debug, Default)]
-pub struct TriggerCounters {
-    pub accepted: AtomicU64,
-    /// Triggers that came while `MAX_IN_FLIGHT` cycles were running.
-    pub overruns: AtomicU64,
-    /// Triggered cycles that ended without a decision (camera, model, storage).
-    pub failed: AtomicU64,
-}
-
 pub fn spawn(
     supervisor: &mut Supervisor,
     gpio: GpioHandle,
     inspector: Inspector,
     notifications: &broadcast::Sender<Notification>,
     maps: BTreeMap<String, OutputMap>,
-) -> Arc<TriggerCounters> {
-    let counters = Arc::new(TriggerCounters::default());
-    let io = StationIo { gpio, inspector, maps, counters: counters.clone() };
+    metrics: Metrics,
+) {
+    let io = StationIo { gpio, inspector, maps, metrics };
     let (edges, notifications) = (io.gpio.edges(), notifications.subscribe());
     supervisor.spawn("station-io", Phase::Intake, move |ctx| io.run(ctx, edges, notifications));
-    counters
 }
 
 struct StationIo {
     gpio: GpioHandle,
     inspector: Inspector,
     maps: BTreeMap<String, OutputMap>,
-    counters: Arc<TriggerCounters>,
+    metrics: Metrics,
 }
 
 impl StationIo {
@@ -72,12 +61,12 @@ impl StationIo {
                     Ok(edge) => {
                         if let Some(station) = self.trigger_station(&edge) {
                             if cycles.len() >= MAX_IN_FLIGHT {
-                                self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.gpio_trigger(station, TriggerOutcome::Overrun);
                                 tracing::error!(input = edge.input, station, "trigger overrun: part not inspected");
                                 self.drive(station, outputs::on_result(&self.maps[station], None)).await;
                                 continue;
                             }
-                            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.gpio_trigger(station, TriggerOutcome::Accepted);
                             self.drive(station, outputs::on_trigger(&self.maps[station])).await;
                             cycles.push(self.cycle(station.to_owned(), edge));
                         }
@@ -94,6 +83,9 @@ impl StationIo {
                     Ok(Notification::InspectionCompleted(summary)) if summary.source == Source::Camera => {
                         if let Some(map) = self.maps.get(&summary.station_id) {
                             self.drive(&summary.station_id, outputs::on_result(map, Some(summary.decision))).await;
+                            if let Some(triggered_at) = summary.triggered_at.filter(|_| !map.is_empty()) {
+                                self.metrics.stage(&summary.station_id, Stage::Output, triggered_at.elapsed());
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -117,7 +109,7 @@ impl StationIo {
     /// One triggered cycle; yields the station and whether it failed before a decision.
     fn cycle(&self, station: String, edge: InputEdge) -> impl Future<Output = (String, bool)> + use<> {
         let inspector = self.inspector.clone();
-        let counters = self.counters.clone();
+        let metrics = self.metrics.clone();
         async move {
             let request = InspectRequest {
                 station_id: station.clone(),
@@ -128,7 +120,7 @@ impl StationIo {
             match inspector.inspect(request).await {
                 Ok(_) => (station, false),
                 Err(err) => {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    metrics.gpio_trigger(&station, TriggerOutcome::Failed);
                     tracing::error!(station, input = edge.input, cause = %err, "triggered inspection failed");
                     (station, true)
                 }

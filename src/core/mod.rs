@@ -119,6 +119,7 @@ mod tests {
             station_id: station.into(),
             part_id: None,
             source: crate::storage::Source::Camera,
+            triggered_at: None,
             decision,
             confidence: 0.9,
             label: None,

@@ -512,6 +512,7 @@ impl Db {
                 seq: last.seq,
                 station_id: last.station_id,
                 part_id: last.part_id,
+                triggered_at: None,
                 source: if last.source == Source::Upload.as_str() { Source::Upload } else { Source::Camera },
                 decision: last.decision,
                 confidence: last.confidence,

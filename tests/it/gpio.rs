@@ -64,6 +64,22 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
     let (_, list) = daemon.get_json("/api/v1/inspections").await;
     assert_eq!(list["total"], 3, "the upload and the two triggered parts: {list}");
 
+    // Every stage of the two triggered cycles is timed; the upload has no capture.
+    let (status, metrics) = daemon.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    for line in [
+        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"capture\"} 2",
+        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"inference\"} 3",
+        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"commit\"} 3",
+        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"published\"} 3",
+        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"output\"} 2",
+        "stationd_gpio_triggers_total{station=\"default\",outcome=\"accepted\"} 2",
+        "stationd_inspections_total{station=\"default\",decision=\"fail\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
     // Shutdown: every output back to its safe level.
     assert!(daemon.shutdown().await);
     for output in ["green", "amber", "red", "busy", "reject"] {

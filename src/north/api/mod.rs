@@ -48,6 +48,7 @@ pub struct ApiState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the API stops: endless responses (streams) end on it.
     pub stop: tokio_util::sync::CancellationToken,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ApiState {
@@ -102,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/system/gpio/{name}/inject", post(gpio::inject));
     Router::new()
         .nest("/api/v1", api)
+        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
         .with_state(state)

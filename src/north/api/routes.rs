@@ -476,6 +476,12 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// GET /metrics: Prometheus text exposition.
+pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let text = state.metrics.render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
