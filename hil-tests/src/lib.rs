@@ -29,6 +29,38 @@ pub struct RigFile {
     pub wrench: Option<String>,
     /// A Pset that exists on that controller.
     pub wrench_pset: Option<u32>,
+    /// GPIO loopback wiring, if the bench has it.
+    pub gpio: Option<GpioLoopback>,
+}
+
+/// The bench's own GPIO lines wired to the daemon's: `trigger` drives the daemon's trigger
+/// input of `station_id`; each of `lamps` reads one of the daemon's outputs. The suite
+/// requests these lines itself (they must be other lines than the daemon's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLoopback {
+    /// The daemon's trigger input name and the bench line wired to it.
+    pub trigger_input: String,
+    pub trigger: BenchLine,
+    /// Decision ("pass", "fail", "uncertain") to the daemon's lamp output and the bench
+    /// line that reads it.
+    pub lamps: std::collections::BTreeMap<String, LampWire>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchLine {
+    pub chip: String,
+    pub offset: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LampWire {
+    /// The daemon's output name.
+    pub output: String,
+    pub chip: String,
+    pub offset: u32,
 }
 
 pub struct Rig {
@@ -37,6 +69,11 @@ pub struct Rig {
     pub reference_part_decision: String,
     pub wrench: Option<String>,
     pub wrench_pset: u32,
+    /// `None` for a bench without GPIO loopback wiring. In sim mode the daemon's simulated
+    /// chip stands in: inputs are driven through its inject endpoint and outputs read
+    /// from `GET /api/v1/system/gpio`.
+    pub gpio: Option<GpioLoopback>,
+    sim: bool,
     child: Option<Child>,
     state_dir: Option<PathBuf>,
 }
@@ -74,6 +111,8 @@ impl Rig {
             reference_part_decision: file.reference_part_decision,
             wrench: file.wrench,
             wrench_pset: file.wrench_pset.unwrap_or(1),
+            gpio: file.gpio,
+            sim: false,
             child: None,
             state_dir: None,
         }
@@ -88,7 +127,10 @@ impl Rig {
         let config = format!(
             "state_dir = {state:?}\n[api]\nbind = \"127.0.0.1:0\"\n[inference]\nmodel_dir = {model:?}\n\
              [cameras.cam0]\nbackend = \"sim\"\nfolder = {folder:?}\n[stations.default]\ncamera = \"cam0\"\n\
-             [wrenches.wrench-sim]\nbackend = \"sim\"\nstation = \"default\"\n",
+             pass_outputs = [\"green\"]\nfail_outputs = [\"red\"]\nuncertain_outputs = [\"amber\"]\n\
+             [wrenches.wrench-sim]\nbackend = \"sim\"\nstation = \"default\"\n\
+             [gpio]\nbackend = \"sim\"\n[gpio.inputs.trigger]\nline = 0\ntrigger = \"default\"\n\
+             [gpio.outputs.green]\nline = 10\n[gpio.outputs.amber]\nline = 11\n[gpio.outputs.red]\nline = 12\n",
             state = state_dir.join("state").display().to_string(),
             model = root.join("models/parts-classifier").display().to_string(),
             folder = root.join("examples/parts").display().to_string(),
@@ -121,6 +163,15 @@ impl Rig {
             reference_part_decision: "pass".to_owned(),
             wrench: Some("wrench-sim".to_owned()),
             wrench_pset: 1,
+            gpio: Some(GpioLoopback {
+                trigger_input: "trigger".to_owned(),
+                trigger: BenchLine { chip: "sim".to_owned(), offset: 0 },
+                lamps: [("pass", "green"), ("fail", "red"), ("uncertain", "amber")]
+                    .into_iter()
+                    .map(|(d, o)| (d.to_owned(), LampWire { output: o.to_owned(), chip: "sim".to_owned(), offset: 0 }))
+                    .collect(),
+            }),
+            sim: true,
             child: Some(child),
             state_dir: Some(state_dir),
         }
@@ -162,6 +213,51 @@ impl Rig {
         body.extend_from_slice(file);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         self.request("POST", "/api/v1/inspect", Some(&format!("multipart/form-data; boundary={boundary}")), &body)
+    }
+
+    /// Presses and releases the trigger: on a bench by driving the wired line for 100 ms,
+    /// in sim mode through the daemon's inject endpoint.
+    pub fn press_trigger(&self) {
+        let gpio = self.gpio.as_ref().expect("this rig has GPIO loopback");
+        if self.sim {
+            let path = format!("/api/v1/system/gpio/{}/inject", gpio.trigger_input);
+            let answer =
+                self.request("POST", &path, Some("application/json"), br#"{"level": "pulse", "hold_ms": 100}"#);
+            assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        } else {
+            let line = &gpio.trigger;
+            let request = gpiocdev::Request::builder()
+                .on_chip(&line.chip)
+                .with_consumer("stationd-hil")
+                .with_line(line.offset)
+                .as_output(gpiocdev::line::Value::Inactive)
+                .request()
+                .unwrap_or_else(|e| panic!("bench trigger line {}:{}: {e}", line.chip, line.offset));
+            request.set_lone_value(gpiocdev::line::Value::Active).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            request.set_lone_value(gpiocdev::line::Value::Inactive).unwrap();
+        }
+    }
+
+    /// Whether the lamp for `decision` is lit: read on the bench's wired line, or in sim
+    /// mode from the daemon's own view of its output.
+    pub fn lamp(&self, decision: &str) -> bool {
+        let gpio = self.gpio.as_ref().expect("this rig has GPIO loopback");
+        let wire = gpio.lamps.get(decision).unwrap_or_else(|| panic!("no lamp wired for {decision}"));
+        if self.sim {
+            let lines = self.get("/api/v1/system/gpio").json();
+            let line = lines["msg"].as_array().unwrap().iter().find(|l| l["name"] == wire.output.as_str()).cloned();
+            line.and_then(|l| l["active"].as_bool()).unwrap_or_else(|| panic!("no output {}", wire.output))
+        } else {
+            let request = gpiocdev::Request::builder()
+                .on_chip(&wire.chip)
+                .with_consumer("stationd-hil")
+                .with_line(wire.offset)
+                .as_input()
+                .request()
+                .unwrap_or_else(|e| panic!("bench lamp line {}:{}: {e}", wire.chip, wire.offset));
+            request.lone_value().unwrap() == gpiocdev::line::Value::Active
+        }
     }
 
     pub fn example(name: &str) -> Vec<u8> {

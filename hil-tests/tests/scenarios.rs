@@ -85,3 +85,38 @@ fn wrench_link_and_tool_control() {
     );
     assert_eq!(refused.status, 422, "program numbers stop at 999");
 }
+
+/// GPIO loopback: a trigger edge on the wired input inspects the part under the camera,
+/// and the lamp for its decision lights (and no other lamp).
+#[test]
+fn gpio_trigger_inspects_and_lights_the_decision_lamp() {
+    let rig = Rig::from_env();
+    if rig.gpio.is_none() {
+        eprintln!("this rig has no GPIO loopback wiring; skipped");
+        return;
+    }
+    let before = rig.get(&format!("/api/v1/inspections?station_id={}&limit=1", rig.station_id)).json();
+    let before_total = before["total"].as_u64().unwrap();
+    rig.press_trigger();
+    // Watched from outside: poll, bounded by 5 s (a cycle takes milliseconds).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let record = loop {
+        let list = rig.get(&format!("/api/v1/inspections?station_id={}&limit=1", rig.station_id)).json();
+        if list["total"].as_u64().unwrap() > before_total {
+            break list["inspections"][0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the trigger made no inspection");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(record["source"], "camera", "{record}");
+    let decision = record["decision"].as_str().unwrap().to_owned();
+    let lit = loop {
+        let lit: Vec<String> =
+            ["pass", "fail", "uncertain"].iter().filter(|d| rig.lamp(d)).map(|d| d.to_string()).collect();
+        if lit == [decision.clone()] || std::time::Instant::now() >= deadline {
+            break lit;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(lit, [decision], "exactly the decision's lamp is lit");
+}
