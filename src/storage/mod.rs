@@ -10,6 +10,7 @@
 //! (HTTP 201, and later the PLC's ResultsValid and the wrench's MID 0062).
 
 mod images;
+mod pipelines;
 mod schema;
 mod tightenings;
 
@@ -26,6 +27,7 @@ use crate::core::StationHistory;
 use crate::core::decision::{Decision, Detection};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
+pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,7 @@ pub struct OutboxMessage {
 pub enum OutboxRecord {
     Inspection(InspectionRecord),
     Tightening(TighteningRecord),
+    PipelineEvent(PipelineEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,6 +544,7 @@ impl Db {
         let Some((seq, station_seq, kind, record_seq)) = row else { return Ok(None) };
         let record = match kind.as_str() {
             "tightening" => self.tightening_by_seq(record_seq)?.map(OutboxRecord::Tightening),
+            "pipeline_event" => self.pipeline_event_by_seq(record_seq)?.map(OutboxRecord::PipelineEvent),
             _ => self.record_where("seq = ?1", record_seq)?.map(OutboxRecord::Inspection),
         };
         Ok(Some(OutboxMessage { seq, station_seq, record }))
@@ -888,7 +892,7 @@ mod tests {
     fn inspection_id(record: &OutboxRecord) -> Uuid {
         match record {
             OutboxRecord::Inspection(record) => record.id,
-            OutboxRecord::Tightening(_) => Uuid::nil(),
+            OutboxRecord::Tightening(_) | OutboxRecord::PipelineEvent(_) => Uuid::nil(),
         }
     }
 

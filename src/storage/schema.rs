@@ -104,6 +104,50 @@ const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 4: continuous-monitoring pipelines and the anomalies they raise; the outbox learns
+    // a third kind (rebuilt again for its CHECK).
+    "CREATE TABLE pipelines (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        station_id     TEXT NOT NULL,
+        source_id      TEXT NOT NULL,
+        model_id       TEXT,
+        fps            REAL NOT NULL,
+        threshold      REAL,
+        confirm_frames INTEGER NOT NULL,
+        confirm_window INTEGER NOT NULL,
+        sinks          TEXT NOT NULL,
+        active         INTEGER NOT NULL DEFAULT 0,
+        created_at_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE pipeline_events (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT NOT NULL UNIQUE,
+        pipeline_id      TEXT NOT NULL,
+        station_id       TEXT NOT NULL,
+        score            REAL NOT NULL,
+        threshold        REAL NOT NULL,
+        frames_anomalous INTEGER NOT NULL,
+        frames_window    INTEGER NOT NULL,
+        label            TEXT,
+        at_ms            INTEGER NOT NULL
+    );
+    CREATE INDEX pipeline_events_by_pipeline ON pipeline_events (pipeline_id, seq);
+    CREATE TABLE outbox_v4 (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        station_id      TEXT NOT NULL,
+        station_seq     INTEGER NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('inspection', 'tightening', 'pipeline_event')),
+        record_seq      INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        UNIQUE (station_id, station_seq)
+    );
+    INSERT INTO outbox_v4 SELECT seq, station_id, station_seq, kind, record_seq, created_at_ms, delivered_at_ms
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
 ];
 
 /// The schema version this build writes.

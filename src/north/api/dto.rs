@@ -321,3 +321,34 @@ pub struct TighteningList {
     pub limit: u32,
     pub offset: u32,
 }
+
+/// A raised anomaly of a continuous pipeline (REST and MQTT).
+#[derive(Serialize)]
+pub struct PipelineEventDto {
+    pub id: String,
+    pub pipeline_id: String,
+    pub station_id: String,
+    pub anomaly_score: f32,
+    pub threshold: f32,
+    /// Anomalous frames in the confirmation window, and the window.
+    pub frames_anomalous: u32,
+    pub frames_window: u32,
+    pub label: Option<String>,
+    pub timestamp: String,
+}
+
+impl From<&crate::storage::PipelineEvent> for PipelineEventDto {
+    fn from(event: &crate::storage::PipelineEvent) -> PipelineEventDto {
+        PipelineEventDto {
+            id: event.id.to_string(),
+            pipeline_id: event.pipeline_id.to_string(),
+            station_id: event.station_id.clone(),
+            anomaly_score: event.score,
+            threshold: event.threshold,
+            frames_anomalous: event.frames_anomalous,
+            frames_window: event.frames_window,
+            label: event.label.clone(),
+            timestamp: rfc3339(event.at),
+        }
+    }
+}

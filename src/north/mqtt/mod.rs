@@ -35,6 +35,10 @@ pub fn tightening_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/tightening")
 }
 
+pub fn anomaly_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/anomaly")
+}
+
 pub fn status_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/status")
 }
@@ -361,6 +365,9 @@ impl Publisher {
                 }
                 OutboxRecord::Tightening(record) => {
                     (tightening_topic(&self.station_id), payload::tightening(record, message.station_seq))
+                }
+                OutboxRecord::PipelineEvent(event) => {
+                    (anomaly_topic(&self.station_id), payload::anomaly(event, message.station_seq))
                 }
             };
             client.try_publish(topic, QoS::AtLeastOnce, false, body).map_err(|e| e.to_string())?;

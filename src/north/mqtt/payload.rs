@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::north::api::dto::{InspectionDto, TighteningDto};
-use crate::storage::{InspectionRecord, TighteningRecord};
+use crate::north::api::dto::{InspectionDto, PipelineEventDto, TighteningDto};
+use crate::storage::{InspectionRecord, PipelineEvent, TighteningRecord};
 
 #[derive(Serialize)]
 struct InspectionMessage {
@@ -25,6 +25,19 @@ struct TighteningMessage {
 /// The same JSON as `GET /api/v1/tightenings/{id}`, plus `message_seq`.
 pub(super) fn tightening(record: &TighteningRecord, station_seq: i64) -> Vec<u8> {
     let message = TighteningMessage { message_seq: station_seq, tightening: TighteningDto::from(record) };
+    serde_json::to_vec(&message).expect("plain data serialises")
+}
+
+#[derive(Serialize)]
+struct AnomalyMessage {
+    message_seq: i64,
+    #[serde(flatten)]
+    event: PipelineEventDto,
+}
+
+/// A pipeline's raised anomaly, as `GET /api/v1/pipelines/{id}/events` lists it.
+pub(super) fn anomaly(event: &PipelineEvent, station_seq: i64) -> Vec<u8> {
+    let message = AnomalyMessage { message_seq: station_seq, event: PipelineEventDto::from(event) };
     serde_json::to_vec(&message).expect("plain data serialises")
 }
 
