@@ -295,7 +295,7 @@ mod tests {
             created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         };
         db.put_pipeline(&spec).unwrap();
-        assert_eq!(db.pipelines().unwrap(), [spec.clone()]);
+        assert_eq!(db.pipelines().unwrap(), std::slice::from_ref(&spec));
         db.set_pipeline_active(spec.id, true).unwrap();
         assert!(db.pipeline(spec.id).unwrap().unwrap().active);
 
@@ -312,7 +312,7 @@ mod tests {
             at: Utc::now(),
         };
         let stored = db.insert_pipeline_event(event, true).unwrap();
-        assert_eq!(db.pipeline_events(Some(spec.id), 10).unwrap(), [stored.clone()]);
+        assert_eq!(db.pipeline_events(Some(spec.id), 10).unwrap(), std::slice::from_ref(&stored));
         let message = db.next_outbox("default").unwrap().unwrap();
         assert_eq!(message.record, Some(super::super::OutboxRecord::PipelineEvent(stored)));
         assert!(db.delete_pipeline(spec.id).unwrap());
