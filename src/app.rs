@@ -23,7 +23,7 @@ use crate::south::camera::{self, CameraHandle, sim::SimCamera};
 use crate::south::gpio::{self, cdev::CdevGpio, sim::GpioSimControl};
 use crate::south::wrench::{self, SessionConfig, WrenchSettings};
 use crate::supervisor::{Phase, Readiness, ServiceError, Supervisor};
-use crate::{core_task, inference, station_io, storage};
+use crate::{core_task, inference, pipelines, station_io, storage};
 
 /// A started daemon. Tests drive it through its addresses; `run` drives it from signals.
 pub struct RunningApp {
@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
         station_io::spawn(&mut supervisor, gpio.clone(), inspector.clone(), &bus.notifications, maps, metrics.clone());
     }
+    let pipelines = pipelines::spawn(&mut supervisor, inspector.clone(), config.mqtt.is_some());
     let modbus_addr = match &config.modbus {
         Some(modbus) => {
             let listener = modbus::bind(modbus.bind)
@@ -216,6 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         streams: ApiState::stream_limit(),
         stop: tokio_util::sync::CancellationToken::new(),
         metrics,
+        pipelines,
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

@@ -108,6 +108,12 @@ impl Inspector {
         &self.cameras
     }
 
+    /// The decision rule of the loaded model with the config's thresholds.
+    pub fn decision_rule(&self) -> Result<decision::DecisionRule, InferenceError> {
+        let model = self.inference.model().ok_or(InferenceError::NotReady)?;
+        model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))
+    }
+
     /// The stations that inspect with camera `camera_id`.
     pub fn stations_with_camera(&self, camera_id: &str) -> Vec<String> {
         let stations = self.stations.iter().filter(|(_, s)| s.camera.as_deref() == Some(camera_id));

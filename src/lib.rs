@@ -24,6 +24,7 @@ pub mod cycle;
 pub mod inference;
 pub mod metrics;
 pub mod north;
+pub mod pipelines;
 pub mod south;
 pub mod station_io;
 pub mod storage;

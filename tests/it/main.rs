@@ -9,6 +9,7 @@ mod modbus;
 mod model;
 mod mqtt;
 mod opcua;
+mod pipelines;
 mod shutdown;
 mod support;
 mod tidy;

@@ -6,6 +6,7 @@ mod cameras;
 pub(crate) mod dto;
 mod error;
 mod gpio;
+mod pipelines;
 mod routes;
 mod wrenches;
 
@@ -49,6 +50,7 @@ pub struct ApiState {
     /// Cancelled when the API stops: endless responses (streams) end on it.
     pub stop: tokio_util::sync::CancellationToken,
     pub metrics: crate::metrics::Metrics,
+    pub pipelines: crate::pipelines::Pipelines,
 }
 
 impl ApiState {
@@ -98,6 +100,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/cameras/{id}", get(cameras::get))
         .route("/cameras/{id}/frame", get(cameras::frame))
         .route("/cameras/{id}/stream", get(cameras::stream))
+        .route("/pipelines", get(pipelines::list).post(pipelines::create))
+        .route("/pipelines/{id}", get(pipelines::get).patch(pipelines::patch).delete(pipelines::delete))
+        .route("/pipelines/{id}/events", get(pipelines::events))
+        .route("/active-pipelines", get(pipelines::active).post(pipelines::start))
+        .route("/active-pipelines/{id}", axum::routing::delete(pipelines::stop))
         .route("/system/gpio", get(gpio::lines))
         .route("/system/gpio/{name}/set", post(gpio::set_output))
         .route("/system/gpio/{name}/inject", post(gpio::inject));
