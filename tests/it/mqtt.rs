@@ -288,3 +288,39 @@ async fn tightenings_are_published_on_their_topic() {
     assert!(daemon.shutdown().await);
     stop.cancel();
 }
+
+/// A pipeline's MQTT sink: a raised anomaly goes out through the station's outbox on its
+/// anomaly topic, with the same JSON as `GET /api/v1/pipelines/{id}/events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_anomalies_are_published_on_their_topic() {
+    let broker_port = start_broker();
+    let mut received = subscribe(broker_port, &["stationd/default/anomaly"]).await;
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(mqtt_config(state.path(), broker_port)).await;
+    let body = serde_json::json!({
+        "name": "watch", "source_id": "cam0", "config": {"fps": 30},
+        "sinks": [{"type": "mqtt", "name": "mes"}]
+    });
+    let (status, _, pipeline) = daemon
+        .request(hyper::Method::POST, "/api/v1/pipelines", Some("application/json"), body.to_string().into_bytes())
+        .await;
+    assert_eq!(status, hyper::StatusCode::CREATED);
+    let pipeline: serde_json::Value = serde_json::from_slice(&pipeline).unwrap();
+    let start = serde_json::json!({"pipeline_id": pipeline["id"]});
+    let (status, _, _) = daemon
+        .request(
+            hyper::Method::POST,
+            "/api/v1/active-pipelines",
+            Some("application/json"),
+            start.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, hyper::StatusCode::CREATED);
+    let (topic, payload) =
+        tokio::time::timeout(PATIENCE, received.recv()).await.expect("an anomaly arrives").expect("subscriber alive");
+    assert_eq!(topic, "stationd/default/anomaly");
+    let message: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!((message["message_seq"].as_i64(), &message["pipeline_id"]), (Some(1), &pipeline["id"]));
+    assert_eq!(message["label"], "scratch");
+    assert!(daemon.shutdown().await);
+}

@@ -3,6 +3,8 @@
 //! running pipelines, validation, and a running pipeline resuming after a restart.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,24 +24,30 @@ async fn send(daemon: &Daemon, method: Method, path: &str, body: Option<Value>) 
     (status, json)
 }
 
-/// An HTTP server on 127.0.0.1:0 that hands every request body to the test.
+/// An HTTP server on 127.0.0.1:0 that hands every request body to the test, and answers
+/// the first `fail_first` requests with 500.
 #[allow(clippy::disallowed_methods, reason = "the test's webhook receiver, not a daemon service")]
-async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
+async fn webhook_receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Value>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/anomaly", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
+    let served = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let tx = tx.clone();
+            let (tx, served) = (tx.clone(), served.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let tx = tx.clone();
+                    let (tx, served) = (tx.clone(), served.clone());
                     async move {
                         assert_eq!(request.headers()["x-line"], "2");
                         let body = request.into_body().collect().await.unwrap().to_bytes();
                         let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap());
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        if served.fetch_add(1, Ordering::SeqCst) < fail_first {
+                            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(response)
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -55,7 +63,7 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("anomalies");
     let daemon = Daemon::start(&dir.path().join("state")).await;
-    let (url, mut hooks) = webhook_receiver().await;
+    let (url, mut hooks) = webhook_receiver(0).await;
 
     let (status, pipeline) = send(
         &daemon,
@@ -195,5 +203,35 @@ async fn a_running_pipeline_resumes_after_a_restart() {
     let (_, runs) = send(&daemon, Method::GET, "/api/v1/active-pipelines", None).await;
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
     assert_eq!(runs[0]["pipeline_id"], id.as_str());
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_webhook_delivery_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let (url, mut hooks) = webhook_receiver(1).await;
+    let (_, pipeline) = send(
+        &daemon,
+        Method::POST,
+        "/api/v1/pipelines",
+        Some(json!({
+            "name": "retry", "source_id": "cam0", "config": {"fps": 30},
+            "sinks": [{"type": "webhook", "name": "andon", "config": {"url": url, "headers": {"X-Line": "2"}}}]
+        })),
+    )
+    .await;
+    let (status, _) =
+        send(&daemon, Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": pipeline["id"]}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The first delivery is answered 500; the same event comes again after the backoff.
+    let first = hooks.recv().await.unwrap();
+    let again = loop {
+        let next = hooks.recv().await.unwrap();
+        if next["id"] == first["id"] {
+            break next;
+        }
+    };
+    assert_eq!(again, first);
     daemon.shutdown().await;
 }
