@@ -93,3 +93,46 @@ async fn an_mjpeg_stream_delivers_frames_and_ends_at_shutdown() {
     }
     assert!(stopped.await.unwrap(), "a clean shutdown with a stream open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_settings_change_at_run_time_where_the_camera_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let put = |body: serde_json::Value| {
+        let daemon = &daemon;
+        async move {
+            let (status, _, answer) = daemon
+                .request(
+                    hyper::Method::PUT,
+                    "/api/v1/cameras/cam0/config",
+                    Some("application/json"),
+                    body.to_string().into_bytes(),
+                )
+                .await;
+            (status, serde_json::from_slice::<serde_json::Value>(&answer).unwrap())
+        }
+    };
+    let (status, config) = daemon.get_json("/api/v1/cameras/cam0/config").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(config["msg"], json!({"width": null, "height": null, "fps": null, "exposure": null}));
+
+    let (status, config) = put(json!({"resolution": "64x48"})).await;
+    assert_eq!((status, &config["msg"]["width"]), (StatusCode::OK, &json!(64)), "{config}");
+    let (_, frame) = daemon.get("/api/v1/cameras/cam0/frame").await;
+    let image = image::load_from_memory(&frame).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 48));
+
+    for (body, detail) in [
+        (json!({"fps": 10}), "camera cam0: fps cannot be changed on this camera"),
+        (json!({"exposure": 300}), "camera cam0: exposure cannot be changed on this camera"),
+        (json!({"width": 64}), "camera cam0: width and height go together, each 16..=8192"),
+        (json!({"resolution": "big"}), "resolution \"big\" is not WIDTHxHEIGHT"),
+        (json!({}), "nothing to change: give resolution, width and height, fps or exposure"),
+    ] {
+        let (status, answer) = put(body.clone()).await;
+        assert_eq!((status, answer["detail"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(detail)), "{body}");
+    }
+    let (status, _) = put(json!({"gain": 2})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    daemon.shutdown().await;
+}

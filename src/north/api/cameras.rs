@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::error::ApiError;
 use super::routes::query_error;
-use super::wrenches::{Envelope, ok};
+use super::wrenches::{Envelope, json_error, ok};
 use crate::config::{CameraBackend, CameraDevice, PixelFormat};
 use crate::cycle::{CycleError, encode_jpeg};
-use crate::south::camera::{CameraHandle, CameraState};
+use crate::south::camera::{CameraError, CameraHandle, CameraSettings, CameraState};
 
 /// Streams served at once, over all cameras.
 pub const MAX_STREAMS: usize = 4;
@@ -189,4 +189,69 @@ fn multipart_part(jpeg: &[u8]) -> Bytes {
     part.extend_from_slice(jpeg);
     part.extend_from_slice(b"\r\n");
     part.into()
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfigBody {
+    /// "1280x720", or `width` and `height`.
+    #[serde(skip_serializing)]
+    resolution: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: Option<u32>,
+    /// Absolute exposure in the driver's unit (V4L2: 100 µs).
+    exposure: Option<i64>,
+}
+
+impl From<CameraSettings> for CameraConfigBody {
+    fn from(settings: CameraSettings) -> CameraConfigBody {
+        CameraConfigBody {
+            resolution: None,
+            width: settings.width,
+            height: settings.height,
+            fps: settings.fps,
+            exposure: settings.exposure,
+        }
+    }
+}
+
+/// GET /api/v1/cameras/{id}/config: the settings in force (null: the source's own).
+pub async fn get_config(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Envelope<CameraConfigBody>>, ApiError> {
+    let settings = camera(&state, &id)?.settings().await.map_err(CycleError::from)?;
+    Ok(ok(settings.into()))
+}
+
+/// PUT /api/v1/cameras/{id}/config: changes what the camera allows, until the daemon
+/// restarts (the config file holds the start-up settings).
+pub async fn put_config(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<CameraConfigBody>, JsonRejection>,
+) -> Result<Json<Envelope<CameraConfigBody>>, ApiError> {
+    let Json(body) = body.map_err(json_error)?;
+    let (mut width, mut height) = (body.width, body.height);
+    if let Some(resolution) = &body.resolution {
+        let parsed =
+            resolution.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+        let Some((w, h)) = parsed else {
+            return Err(ApiError::unprocessable(format!("resolution {resolution:?} is not WIDTHxHEIGHT")));
+        };
+        if width.is_some_and(|x| x != w) || height.is_some_and(|x| x != h) {
+            return Err(ApiError::unprocessable("resolution disagrees with width/height"));
+        }
+        (width, height) = (Some(w), Some(h));
+    }
+    if width.is_none() && height.is_none() && body.fps.is_none() && body.exposure.is_none() {
+        return Err(ApiError::unprocessable("nothing to change: give resolution, width and height, fps or exposure"));
+    }
+    let change = CameraSettings { width, height, fps: body.fps, exposure: body.exposure };
+    let settings = camera(&state, &id)?.configure(change).await.map_err(|err| match err {
+        CameraError::Unsupported { .. } | CameraError::Rejected { .. } => ApiError::unprocessable(err.to_string()),
+        other => CycleError::from(other).into(),
+    })?;
+    Ok(ok(settings.into()))
 }

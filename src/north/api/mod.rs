@@ -100,6 +100,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/cameras/{id}", get(cameras::get))
         .route("/cameras/{id}/frame", get(cameras::frame))
         .route("/cameras/{id}/stream", get(cameras::stream))
+        .route("/cameras/{id}/config", get(cameras::get_config).put(cameras::put_config))
         .route("/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/pipelines/{id}", get(pipelines::get).patch(pipelines::patch).delete(pipelines::delete))
         .route("/pipelines/{id}/events", get(pipelines::events))

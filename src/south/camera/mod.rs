@@ -35,6 +35,20 @@ pub enum CameraError {
     Disconnected { camera: String },
     #[error("camera {camera} has stopped")]
     Stopped { camera: String },
+    #[error("camera {camera}: {setting} cannot be changed on this camera")]
+    Unsupported { camera: String, setting: &'static str },
+    #[error("camera {camera}: {message}")]
+    Rejected { camera: String, message: String },
+}
+
+/// A camera's adjustable settings. In a change, the fields that are set are applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CameraSettings {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    /// Absolute exposure in the driver's unit (V4L2: 100 µs).
+    pub exposure: Option<i64>,
 }
 
 impl CameraError {
@@ -50,6 +64,14 @@ impl CameraError {
 pub trait FrameSource: 'static {
     /// The newest frame: never one that was waiting in a driver buffer since before the call.
     fn capture(&mut self) -> Result<Frame, CameraError>;
+
+    /// The settings in force.
+    fn settings(&self) -> CameraSettings;
+
+    /// Applies the fields of `change` that are set, all or none: a setting this camera
+    /// cannot change is `Unsupported`, a value it refuses is `Rejected`. Lasts until the
+    /// daemon restarts (the config file keeps the start-up settings).
+    fn configure(&mut self, change: &CameraSettings) -> Result<CameraSettings, CameraError>;
 }
 
 /// State of a camera as the API reports it.
@@ -62,6 +84,8 @@ pub enum CameraState {
 
 enum Request {
     Capture(oneshot::Sender<Result<Frame, CameraError>>),
+    Settings(oneshot::Sender<Result<CameraSettings, CameraError>>),
+    Configure(CameraSettings, oneshot::Sender<Result<CameraSettings, CameraError>>),
     Stop,
 }
 
@@ -86,6 +110,20 @@ impl CameraHandle {
         let stopped = || CameraError::Stopped { camera: self.id.clone() };
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Capture(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub async fn settings(&self) -> Result<CameraSettings, CameraError> {
+        let stopped = || CameraError::Stopped { camera: self.id.clone() };
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Settings(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub async fn configure(&self, change: CameraSettings) -> Result<CameraSettings, CameraError> {
+        let stopped = || CameraError::Stopped { camera: self.id.clone() };
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Configure(change, reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -148,6 +186,20 @@ where
                         };
                         let counter = if result.is_ok() { &counted.captures } else { &counted.failures };
                         counter.fetch_add(1, Ordering::Relaxed);
+                        let _ = reply.send(result);
+                    }
+                    Request::Settings(reply) => {
+                        let disconnected = || CameraError::Disconnected { camera: camera_id.clone() };
+                        let _ = reply.send(source.as_ref().map(|s| s.settings()).ok_or_else(disconnected));
+                    }
+                    Request::Configure(change, reply) => {
+                        let result = match source.as_mut() {
+                            Some(source) => source.configure(&change),
+                            None => Err(CameraError::Disconnected { camera: camera_id.clone() }),
+                        };
+                        if let Ok(settings) = &result {
+                            tracing::info!(camera = camera_id, ?settings, "camera reconfigured");
+                        }
                         let _ = reply.send(result);
                     }
                     Request::Stop => break,

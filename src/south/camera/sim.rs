@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::{CameraError, Frame, FrameSource};
+use super::{CameraError, CameraSettings, Frame, FrameSource};
 
 pub struct SimCamera {
     id: String,
     files: Vec<PathBuf>,
     next_idx: usize,
+    /// Frames are resized to this when set (the folder's own size otherwise).
+    size: Option<(u32, u32)>,
 }
 
 const EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"];
@@ -34,9 +36,16 @@ impl SimCamera {
         if files.is_empty() {
             return Err(open_error(format!("no images in {}", folder.display())));
         }
-        Ok(SimCamera { id: id.to_owned(), files, next_idx: 0 })
+        Ok(SimCamera { id: id.to_owned(), files, next_idx: 0, size: None })
+    }
+
+    fn unsupported(&self, setting: &'static str) -> CameraError {
+        CameraError::Unsupported { camera: self.id.clone(), setting }
     }
 }
+
+/// The size a sim camera can be asked for, each side.
+const SIZES: std::ops::RangeInclusive<u32> = 16..=8192;
 
 impl FrameSource for SimCamera {
     fn capture(&mut self) -> Result<Frame, CameraError> {
@@ -46,11 +55,46 @@ impl FrameSource for SimCamera {
             camera: self.id.clone(),
             message: format!("{}: {err}", path.display()),
         })?;
+        let mut image = image.into_rgb8();
+        if let Some((width, height)) = self.size {
+            image = image::imageops::resize(&image, width, height, image::imageops::FilterType::Triangle);
+        }
         Ok(Frame {
-            image: Arc::new(image.into_rgb8()),
+            image: Arc::new(image),
             captured_at: Utc::now(),
             origin: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         })
+    }
+
+    fn settings(&self) -> CameraSettings {
+        CameraSettings {
+            width: self.size.map(|(w, _)| w),
+            height: self.size.map(|(_, h)| h),
+            ..CameraSettings::default()
+        }
+    }
+
+    /// A folder has no frame rate or exposure; its frames can be resized.
+    fn configure(&mut self, change: &CameraSettings) -> Result<CameraSettings, CameraError> {
+        if change.fps.is_some() {
+            return Err(self.unsupported("fps"));
+        }
+        if change.exposure.is_some() {
+            return Err(self.unsupported("exposure"));
+        }
+        match (change.width, change.height) {
+            (None, None) => {}
+            (Some(width), Some(height)) if SIZES.contains(&width) && SIZES.contains(&height) => {
+                self.size = Some((width, height));
+            }
+            _ => {
+                return Err(CameraError::Rejected {
+                    camera: self.id.clone(),
+                    message: format!("width and height go together, each {}..={}", SIZES.start(), SIZES.end()),
+                });
+            }
+        }
+        Ok(self.settings())
     }
 }
 

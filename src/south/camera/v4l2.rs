@@ -16,10 +16,11 @@ use image::RgbImage;
 use nokhwa::Camera;
 use nokhwa::pixel_format::RgbFormat;
 use nokhwa::utils::{
-    ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
+    ApiBackend, CameraFormat, CameraIndex, ControlValueSetter, FrameFormat, KnownCameraControl, RequestedFormat,
+    RequestedFormatType, Resolution,
 };
 
-use super::{CameraError, Frame, FrameSource};
+use super::{CameraError, CameraSettings, Frame, FrameSource};
 use crate::config::{CameraDevice, PixelFormat};
 
 /// More than the driver's buffer ring (nokhwa asks V4L2 for 4).
@@ -29,6 +30,8 @@ pub struct V4l2Camera {
     id: String,
     settings: Settings,
     camera: Option<Camera>,
+    /// The exposure set through the API, re-applied after a reopen.
+    exposure: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -42,7 +45,7 @@ pub struct Settings {
 
 impl V4l2Camera {
     pub fn open(id: &str, settings: Settings) -> Result<V4l2Camera, CameraError> {
-        let mut camera = V4l2Camera { id: id.to_owned(), settings, camera: None };
+        let mut camera = V4l2Camera { id: id.to_owned(), settings, camera: None, exposure: None };
         camera.reopen()?;
         Ok(camera)
     }
@@ -68,6 +71,9 @@ impl V4l2Camera {
         let requested = RequestedFormat::new::<RgbFormat>(RequestedFormatType::Exact(wanted));
         let mut camera = Camera::new(index, requested).map_err(|err| open_error(err.to_string()))?;
         camera.open_stream().map_err(|err| open_error(err.to_string()))?;
+        if let Some(exposure) = self.exposure {
+            set_exposure(&mut camera, exposure).map_err(open_error)?;
+        }
         self.camera = Some(camera);
         Ok(())
     }
@@ -94,7 +100,53 @@ impl V4l2Camera {
     }
 }
 
+/// Manual exposure: V4L2's absolute exposure control, in the driver's unit.
+fn set_exposure(camera: &mut Camera, value: i64) -> Result<(), String> {
+    camera
+        .set_camera_control(KnownCameraControl::Exposure, ControlValueSetter::Integer(value))
+        .map_err(|err| format!("exposure {value}: {err}"))
+}
+
 impl FrameSource for V4l2Camera {
+    fn settings(&self) -> CameraSettings {
+        CameraSettings {
+            width: Some(self.settings.width),
+            height: Some(self.settings.height),
+            fps: Some(self.settings.fps),
+            exposure: self.exposure,
+        }
+    }
+
+    /// A new size or rate reopens the stream with the exact format (restoring the old one
+    /// if the driver refuses it); exposure is a control set on the open stream.
+    fn configure(&mut self, change: &CameraSettings) -> Result<CameraSettings, CameraError> {
+        let before = (self.settings.clone(), self.exposure);
+        self.settings.width = change.width.unwrap_or(self.settings.width);
+        self.settings.height = change.height.unwrap_or(self.settings.height);
+        self.settings.fps = change.fps.unwrap_or(self.settings.fps);
+        self.exposure = change.exposure.or(self.exposure);
+        let format_changed = (self.settings.width, self.settings.height, self.settings.fps)
+            != (before.0.width, before.0.height, before.0.fps);
+        let applied = if format_changed || self.camera.is_none() {
+            if let Some(mut camera) = self.camera.take() {
+                let _ = camera.stop_stream();
+            }
+            self.reopen().map_err(|err| err.to_string())
+        } else if let (Some(exposure), Some(camera)) = (change.exposure, self.camera.as_mut()) {
+            set_exposure(camera, exposure)
+        } else {
+            Ok(())
+        };
+        if let Err(message) = applied {
+            (self.settings, self.exposure) = before;
+            if self.camera.is_none() {
+                let _ = self.reopen();
+            }
+            return Err(CameraError::Rejected { camera: self.id.clone(), message });
+        }
+        Ok(self.settings())
+    }
+
     fn capture(&mut self) -> Result<Frame, CameraError> {
         if self.camera.is_none() {
             self.reopen().map_err(|_| CameraError::Disconnected { camera: self.id.clone() })?;
