@@ -191,14 +191,9 @@ async fn corrupt_model_and_missing_camera_degrade_instead_of_crashing() {
     std::fs::copy("models/parts-classifier/model.toml", model_dir.join("model.toml")).unwrap();
     let onnx = std::fs::read("models/parts-classifier/model.onnx").unwrap();
     std::fs::write(model_dir.join("model.onnx"), &onnx[..onnx.len() / 2]).unwrap();
-    let empty_camera = broken.path().join("frames");
-    std::fs::create_dir(&empty_camera).unwrap();
-    let mut config = crate::support::test_config(state.path());
+    let mut config = crate::support::blind_camera_config(broken.path());
+    config.state_dir = state.path().to_owned();
     config.inference.model_dir = model_dir;
-    config.cameras.insert(
-        "cam0".into(),
-        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty_camera } },
-    );
 
     let daemon = Daemon::start_settled(config).await;
     assert_eq!(daemon.get("/api/v1/health").await.0, StatusCode::OK);

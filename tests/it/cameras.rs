@@ -5,7 +5,7 @@ use http_body_util::BodyExt;
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::support::{Daemon, test_config};
+use crate::support::{Daemon, blind_camera_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_frame_and_errors() {
@@ -47,14 +47,7 @@ async fn list_frame_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_camera_is_listed_as_failed_and_its_frame_is_503() {
     let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("no-frames");
-    std::fs::create_dir(&empty).unwrap();
-    let mut config = test_config(&dir.path().join("state"));
-    config.cameras.insert(
-        "cam0".into(),
-        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty } },
-    );
-    let daemon = Daemon::start_settled(config).await;
+    let daemon = Daemon::start_settled(blind_camera_config(dir.path())).await;
     let (_, list) = daemon.get_json("/api/v1/cameras").await;
     assert_eq!(list["msg"][0]["state"], "failed", "{list}");
     assert!(list["msg"][0]["error"].as_str().unwrap().contains("no images"), "{list}");

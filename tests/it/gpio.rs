@@ -9,7 +9,7 @@ use stationd::bus::Notification;
 use stationd::config::GpioBackend;
 use stationd::south::gpio::sim::GpioSimControl;
 
-use crate::support::{Daemon, sample, test_config};
+use crate::support::{Daemon, blind_camera_config, sample, test_config};
 
 fn sim(daemon: &Daemon) -> GpioSimControl {
     daemon.app.gpio_sim.clone().expect("the test config has a simulated chip")
@@ -90,14 +90,7 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_whose_cycle_fails_shows_uncertain_never_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("no-frames");
-    std::fs::create_dir(&empty).unwrap();
-    let mut config = test_config(&dir.path().join("state"));
-    config.cameras.insert(
-        "cam0".into(),
-        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty } },
-    );
-    let daemon = Daemon::start_settled(config).await;
+    let daemon = Daemon::start_settled(blind_camera_config(dir.path())).await;
     let gpio = sim(&daemon);
     gpio.drive("trigger", true).unwrap();
     gpio.wait_output("amber", true).await;

@@ -29,6 +29,19 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
     Config::from_toml_str(&text).expect("test config is valid")
 }
 
+/// `test_config` with state under `dir/state` and camera `cam0` pointed at an empty
+/// folder under `dir`: a camera that will not open.
+pub fn blind_camera_config(dir: &std::path::Path) -> Config {
+    let empty = dir.join("no-frames");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut config = test_config(&dir.join("state"));
+    config.cameras.insert(
+        "cam0".into(),
+        stationd::config::CameraConfig { backend: stationd::config::CameraBackend::Sim { folder: empty } },
+    );
+    config
+}
+
 impl Daemon {
     pub async fn start(state_dir: &std::path::Path) -> Daemon {
         Daemon::start_with(test_config(state_dir)).await
