@@ -3,11 +3,11 @@
 //! that station's outputs as `core::outputs` plans them.
 //!
 //! Triggers never wait for each other: each runs its own cycle (the camera serialises the
-//! captures), up to `MAX_IN_FLIGHT`. A trigger beyond that cannot be inspected; it is
+//! captures), up to `MAX_IN_FLIGHT`; busy stays on while any of a station's runs. A trigger beyond that cannot be inspected; it is
 //! logged, counted and shown as uncertain, because an unjudged part must not pass.
 //! Triggers by outcome and the `output` stage (trigger to outputs set) go to the metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -15,12 +15,14 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::bus::Notification;
+use crate::core::decision::Decision;
 use crate::core::outputs::{self, OutputCommand, OutputMap};
 use crate::cycle::{CycleImage, InspectRequest, Inspector};
 use crate::metrics::{Metrics, Stage, TriggerOutcome};
 use crate::south::gpio::{GpioHandle, InputEdge};
 use crate::storage::Source;
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+use uuid::Uuid;
 
 /// Cycles running at once from GPIO triggers.
 const MAX_IN_FLIGHT: usize = 8;
@@ -36,6 +38,14 @@ pub fn spawn(
     let io = StationIo { gpio, inspector, maps, metrics };
     let (edges, notifications) = (io.gpio.edges(), notifications.subscribe());
     supervisor.spawn("station-io", Phase::Intake, move |ctx| io.run(ctx, edges, notifications));
+}
+
+/// What a result's outputs need.
+struct Shown {
+    id: Uuid,
+    station_id: String,
+    decision: Decision,
+    triggered_at: Option<std::time::Instant>,
 }
 
 struct StationIo {
@@ -54,6 +64,11 @@ impl StationIo {
     ) -> Result<(), ServiceError> {
         ctx.set_ready();
         let mut cycles = FuturesUnordered::new();
+        // Triggered cycles running, per station: busy stays on while any runs.
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        // Results whose outputs are set, by the notification or by the cycle's end,
+        // whichever came first; the other one finds the id here and removes it.
+        let mut shown: HashSet<Uuid> = HashSet::new();
         loop {
             tokio::select! {
                 () = ctx.token.cancelled() => break,
@@ -63,29 +78,46 @@ impl StationIo {
                             if cycles.len() >= MAX_IN_FLIGHT {
                                 self.metrics.gpio_trigger(station, TriggerOutcome::Overrun);
                                 tracing::error!(input = edge.input, station, "trigger overrun: part not inspected");
+                                // Not inspected, so never passed; busy is left to the cycles running.
                                 self.drive(station, outputs::on_result(&self.maps[station], None)).await;
                                 continue;
                             }
                             self.metrics.gpio_trigger(station, TriggerOutcome::Accepted);
                             self.drive(station, outputs::on_trigger(&self.maps[station])).await;
+                            *running.entry(station.to_owned()).or_default() += 1;
                             cycles.push(self.cycle(station.to_owned(), edge));
                         }
                     }
                     Err(RecvError::Lagged(n)) => tracing::error!(missed = n, "GPIO edges lost: this task fell behind"),
                     Err(RecvError::Closed) => break,
                 },
-                Some((station, failed)) = cycles.next() => {
-                    if failed {
-                        self.drive(&station, outputs::on_result(&self.maps[&station], None)).await;
+                Some((station, outcome)) = cycles.next() => {
+                    match outcome {
+                        Ok(result) => {
+                            if !shown.remove(&result.id) {
+                                shown.insert(result.id);
+                                self.show(&result).await;
+                            }
+                        }
+                        Err(()) => self.drive(&station, outputs::on_result(&self.maps[&station], None)).await,
+                    }
+                    let left = running.entry(station.clone()).or_default();
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.drive(&station, outputs::on_idle(&self.maps[&station])).await;
                     }
                 }
                 notification = notifications.recv() => match notification {
                     Ok(Notification::InspectionCompleted(summary)) if summary.source == Source::Camera => {
-                        if let Some(map) = self.maps.get(&summary.station_id) {
-                            self.drive(&summary.station_id, outputs::on_result(map, Some(summary.decision))).await;
-                            if let Some(triggered_at) = summary.triggered_at.filter(|_| !map.is_empty()) {
-                                self.metrics.stage(&summary.station_id, Stage::Output, triggered_at.elapsed());
-                            }
+                        let result = Shown {
+                            id: summary.id,
+                            station_id: summary.station_id.clone(),
+                            decision: summary.decision,
+                            triggered_at: summary.triggered_at,
+                        };
+                        if !shown.remove(&result.id) {
+                            shown.insert(result.id);
+                            self.show(&result).await;
                         }
                     }
                     Ok(_) => {}
@@ -106,8 +138,18 @@ impl StationIo {
         self.maps.contains_key(station).then_some(station)
     }
 
-    /// One triggered cycle; yields the station and whether it failed before a decision.
-    fn cycle(&self, station: String, edge: InputEdge) -> impl Future<Output = (String, bool)> + use<> {
+    /// A live result: its station's outputs, and the output stage's time.
+    async fn show(&self, result: &Shown) {
+        let Some(map) = self.maps.get(&result.station_id).filter(|m| !m.is_empty()) else { return };
+        self.drive(&result.station_id, outputs::on_result(map, Some(result.decision))).await;
+        if let Some(triggered_at) = result.triggered_at {
+            self.metrics.stage(&result.station_id, Stage::Output, triggered_at.elapsed());
+        }
+    }
+
+    /// One triggered cycle; yields the station and the result, or `Err` when it failed
+    /// before a decision.
+    fn cycle(&self, station: String, edge: InputEdge) -> impl Future<Output = (String, Result<Shown, ()>)> + use<> {
         let inspector = self.inspector.clone();
         let metrics = self.metrics.clone();
         async move {
@@ -118,11 +160,19 @@ impl StationIo {
                 triggered_at: edge.at,
             };
             match inspector.inspect(request).await {
-                Ok(_) => (station, false),
+                Ok(record) => {
+                    let shown = Shown {
+                        id: record.id,
+                        station_id: record.station_id,
+                        decision: record.decision,
+                        triggered_at: Some(edge.at),
+                    };
+                    (station, Ok(shown))
+                }
                 Err(err) => {
                     metrics.gpio_trigger(&station, TriggerOutcome::Failed);
                     tracing::error!(station, input = edge.input, cause = %err, "triggered inspection failed");
-                    (station, true)
+                    (station, Err(()))
                 }
             }
         }

@@ -12,8 +12,8 @@ pub struct OutputMap {
     pub pass: Vec<String>,
     pub fail: Vec<String>,
     pub uncertain: Vec<String>,
-    /// Active while a triggered cycle runs; dropped after the result's outputs are set, so
-    /// a PLC that waits for busy to fall reads a settled result.
+    /// Active while triggered cycles run; dropped after the last one's outputs are set,
+    /// so a PLC that waits for busy to fall reads a settled result.
     pub busy: Option<String>,
     /// The outputs above that pulse rather than hold a level.
     pub pulsed: BTreeSet<String>,
@@ -50,11 +50,16 @@ pub fn on_trigger(map: &OutputMap) -> Vec<OutputCommand> {
     map.busy.iter().map(|output| OutputCommand::Set { output: output.clone(), active: true }).collect()
 }
 
-/// A triggered cycle ended. `None` means it failed before a decision (camera, model): the
+/// No triggered cycle is running any more: drop busy (after `on_result`'s outputs).
+pub fn on_idle(map: &OutputMap) -> Vec<OutputCommand> {
+    map.busy.iter().map(|output| OutputCommand::Set { output: output.clone(), active: false }).collect()
+}
+
+/// A result to show. `None` means a cycle failed before a decision (camera, model): the
 /// part was not judged, so it gets the uncertain outputs and never the pass ones.
 ///
 /// Order: lamps of other states off first (never two states lit at once), then this
-/// state's lamps on, then its pulses, then busy off.
+/// state's lamps on, then its pulses.
 pub fn on_result(map: &OutputMap, decision: Option<Decision>) -> Vec<OutputCommand> {
     let chosen = map.for_decision(decision.unwrap_or(Decision::Uncertain));
     let mut commands = Vec::new();
@@ -71,9 +76,6 @@ pub fn on_result(map: &OutputMap, decision: Option<Decision>) -> Vec<OutputComma
     }
     for output in chosen.iter().filter(|o| map.pulsed.contains(*o)) {
         commands.push(OutputCommand::Pulse { output: output.clone() });
-    }
-    if let Some(busy) = &map.busy {
-        commands.push(OutputCommand::Set { output: busy.clone(), active: false });
     }
     commands
 }
@@ -104,19 +106,20 @@ mod tests {
     }
 
     #[test]
-    fn each_result_lights_one_state_then_drops_busy() {
+    fn each_result_lights_one_state() {
         let map = stack_light();
         let cases: Vec<String> = [Some(Decision::Pass), Some(Decision::Fail), Some(Decision::Uncertain), None]
             .into_iter()
             .map(|d| format!("{d:?}: {}", render(&on_result(&map, d))))
             .collect();
         expect_test::expect![[r#"
-            Some(Pass): red=0, amber=0, green=1, busy=0
-            Some(Fail): green=0, amber=0, red=1, pulse reject, busy=0
-            Some(Uncertain): green=0, red=0, amber=1, busy=0
-            None: green=0, red=0, amber=1, busy=0"#]]
+            Some(Pass): red=0, amber=0, green=1
+            Some(Fail): green=0, amber=0, red=1, pulse reject
+            Some(Uncertain): green=0, red=0, amber=1
+            None: green=0, red=0, amber=1"#]]
         .assert_eq(&cases.join("\n"));
         assert_eq!(render(&on_trigger(&map)), "busy=1");
+        assert_eq!(render(&on_idle(&map)), "busy=0");
     }
 
     #[test]

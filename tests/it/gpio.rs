@@ -87,6 +87,33 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
     }
 }
 
+/// Three parts triggered at once: each is inspected, and busy stays on until the last
+/// one's outputs are set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_triggers_each_inspect_and_busy_spans_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.gpio.as_mut().unwrap().inputs.get_mut("trigger").unwrap().debounce = std::time::Duration::ZERO;
+    let daemon = Daemon::start_with(config).await;
+    let gpio = sim(&daemon);
+    let mut notifications = daemon.app.bus.notifications.subscribe();
+    for _ in 0..3 {
+        gpio.drive("trigger", true).unwrap();
+        gpio.drive("trigger", false).unwrap();
+    }
+    let mut results = 0;
+    while results < 3 {
+        if let Notification::InspectionCompleted(_) = notifications.recv().await.unwrap() {
+            results += 1;
+        }
+    }
+    gpio.wait_output("busy", false).await;
+    let log = gpio.output_log();
+    assert_eq!(log.first().map(String::as_str), Some("busy=1"), "{log:?}");
+    assert_eq!(log.iter().filter(|l| l.starts_with("busy")).count(), 2, "one busy span: {log:?}");
+    daemon.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_whose_cycle_fails_shows_uncertain_never_pass() {
     let dir = tempfile::tempdir().unwrap();
