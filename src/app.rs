@@ -268,10 +268,13 @@ impl RunningApp {
         }
     }
 
-    /// Phased shutdown within the configured deadline. Returns false if a phase overran.
+    /// Phased shutdown within the configured deadline. Returns false if a phase overran
+    /// or a service failed (before or during the shutdown).
     pub async fn shutdown(self) -> bool {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        self.supervisor.shutdown(self.shutdown_deadline).await
+        let failed = self.supervisor.failed();
+        let clean = self.supervisor.shutdown(self.shutdown_deadline).await;
+        clean && !failed.is_cancelled()
     }
 }
 

@@ -41,7 +41,7 @@ async fn list_frame_and_errors() {
         assert_eq!(got, status, "{path}: {body}");
         assert!(body["detail"].is_string(), "{path}: {body}");
     }
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +55,7 @@ async fn a_failed_camera_is_listed_as_failed_and_its_frame_is_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let (status, _) = daemon.get_json("/api/v1/cameras/cam0/stream").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,5 +127,5 @@ async fn camera_settings_change_at_run_time_where_the_camera_allows() {
     }
     let (status, _) = put(json!({"gain": 2})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }

@@ -111,7 +111,7 @@ async fn overlapping_triggers_each_inspect_and_busy_spans_them_all() {
     let log = gpio.output_log();
     assert_eq!(log.first().map(String::as_str), Some("busy=1"), "{log:?}");
     assert_eq!(log.iter().filter(|l| l.starts_with("busy")).count(), 2, "one busy span: {log:?}");
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +125,7 @@ async fn a_trigger_whose_cycle_fails_shows_uncertain_never_pass() {
     assert_eq!(gpio.output_log(), ["busy=1", "amber=1", "busy=0"]);
     let (_, list) = daemon.get_json("/api/v1/inspections").await;
     assert_eq!(list["total"], 0, "no record without a frame: {list}");
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn rest_lists_lines_sets_outputs_and_injects_inputs() {
     let (status, _) = post_json(&daemon, "/api/v1/system/gpio/trigger/inject", json!({"level": "pulse"})).await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(notifications.recv().await.unwrap(), Notification::InspectionCompleted(_)));
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,5 +216,5 @@ async fn a_missing_gpio_chip_degrades_the_daemon_and_inject_needs_the_sim() {
     assert!(lines["msg"][0]["error"].as_str().is_some(), "{lines}");
     let (status, body) = post_json(&daemon, "/api/v1/system/gpio/trigger/inject", json!({"level": "active"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }

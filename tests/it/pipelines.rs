@@ -128,7 +128,7 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = send(&daemon, Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +180,7 @@ async fn bad_pipelines_are_refused_with_the_reason() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     let (status, _) = send(&daemon, Method::DELETE, "/api/v1/active-pipelines/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +203,7 @@ async fn a_running_pipeline_resumes_after_a_restart() {
     let (_, runs) = send(&daemon, Method::GET, "/api/v1/active-pipelines", None).await;
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
     assert_eq!(runs[0]["pipeline_id"], id.as_str());
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,5 +233,5 @@ async fn a_failed_webhook_delivery_is_retried() {
         }
     };
     assert_eq!(again, first);
-    daemon.shutdown().await;
+    assert!(daemon.shutdown().await, "a clean stop");
 }

@@ -175,6 +175,9 @@ where
     let mut next_open = tokio::time::Instant::now();
     // Pulse outputs that are active, with when they go back to safe.
     let mut pulses: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    // The handles go away with the intake services, before this phase: the lines stay
+    // held (and pulses end) until the service itself is stopped.
+    let mut handles_gone = false;
     loop {
         if lines.is_none() && tokio::time::Instant::now() >= next_open {
             match open() {
@@ -194,9 +197,9 @@ where
         let next_pulse_end = pulses.values().min().copied();
         let step = tokio::select! {
             () = ctx.token.cancelled() => break,
-            request = requests.recv() => match request {
+            request = requests.recv(), if !handles_gone => match request {
                 Some(request) => Step::Request(request),
-                None => break,
+                None => Step::HandlesGone,
             },
             edge = async { lines.as_mut().expect("guarded by the branch condition").lines.next_edge().await },
                 if lines.is_some() => Step::Edge(edge),
@@ -243,6 +246,7 @@ where
                 }
             }
             Step::Reopen => {}
+            Step::HandlesGone => handles_gone = true,
         }
     }
     // Dropping the guard puts every output in its safe state and releases the lines.
@@ -256,6 +260,7 @@ enum Step {
     Edge(Result<InputEdge, GpioError>),
     PulseEnd,
     Reopen,
+    HandlesGone,
 }
 
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
