@@ -595,6 +595,10 @@ impl Session {
     fn on_result(&mut self, tightening: Tightening, source: ResultSource, link_ack: Option<Telegram>, now: Instant) {
         let id = tightening.tightening_id;
         let gap = self.newest_id.filter(|newest| id > newest + 1).map(|newest| newest + 1..id);
+        // A controller that had no results at the baseline (newest 0) may number its first
+        // from where its counter stands rather than from 1: a gap from 0 wider than the
+        // backfill limit is that counter, not results we missed.
+        let gap = gap.filter(|gap| gap.start > 1 || gap.end - gap.start <= self.config.backfill_limit);
         self.newest_id = Some(self.newest_id.map_or(id, |n| n.max(id)));
         let ack = match (&self.link, source) {
             (Some(_), _) => link_ack,
@@ -1227,6 +1231,25 @@ mod tests {
             <- 0065 rev 1
                persist 21 Backfill
         "#]]);
+    }
+
+    #[test]
+    fn an_empty_controller_numbering_from_its_counter_is_not_a_gap() {
+        // Baseline 0 (no results), then a first result from a running counter: no
+        // backfill. Numbered from 1, the results before it are fetched (one request at a
+        // time: the first of three is on the wire).
+        for (first_result, backfill_requests) in [(4_000_000, 0), (4, 1)] {
+            let mut script = Script::new(SessionConfig::default(), None);
+            script.recv(info(1, false));
+            script.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+            subscribe_only(&mut script);
+            // The newest-result query after subscribing: still none.
+            script.recv(Message::Error { mid: 64, code: ErrorCode(15) });
+            script.log.clear();
+            script.recv(result(first_result));
+            let requests = script.log.matches("-> 0064").count();
+            assert_eq!(requests, backfill_requests, "first result {first_result}:\n{}", script.log);
+        }
     }
 
     #[test]

@@ -134,43 +134,7 @@ impl SimHandle {
         let id = state.next_id;
         state.next_id += 1;
         state.batch_counter = if state.batch_counter >= state.batch_size { 1 } else { state.batch_counter + 1 };
-        let torque = if ok { 2500 + (id % 7) as i64 * 10 } else { 2100 };
-        let tightening = Tightening {
-            revision: 7,
-            tightening_id: id,
-            cell_id: Some(1),
-            channel_id: Some(1),
-            controller_name: Some("stationd-sim".into()),
-            vin: Some(state.vin.clone()).filter(|v| !v.is_empty()),
-            job_id: Some(0),
-            pset: Some(state.pset),
-            batch_size: Some(state.batch_size),
-            batch_counter: Some(state.batch_counter),
-            ok,
-            batch_status: Some(if state.batch_counter >= state.batch_size {
-                BatchStatus::Ok
-            } else {
-                BatchStatus::NotCompleted
-            }),
-            torque_status: Some(if ok { LimitStatus::Ok } else { LimitStatus::Low }),
-            angle_status: Some(LimitStatus::Ok),
-            torque,
-            torque_min: Some(2300),
-            torque_max: Some(2700),
-            torque_target: Some(2500),
-            angle: 180 + (id % 11) as i64,
-            angle_min: Some(120),
-            angle_max: Some(240),
-            angle_target: Some(180),
-            timestamp: super::local_time_now(),
-            pset_changed_at: Some("2026-01-01:00:00:00".into()),
-            strategy: Some(1),
-            error_status: Some(0),
-            tool_serial: Some("SIM-TOOL-1".into()),
-            pset_name: Some(format!("Pset {}", state.pset)),
-            torque_unit: Some(1),
-            result_type: Some(1),
-        };
+        let tightening = state.result(id, ok);
         state.history.push(tightening);
         if state.history.len() > 10_000 {
             state.history.remove(0);
@@ -254,6 +218,49 @@ impl SimHandle {
 
     fn touched(&self) {
         self.changed.notify_waiters();
+    }
+}
+
+impl SimState {
+    /// Result `id` as the controller reports it, with the current Pset, batch and VIN.
+    fn result(&self, id: u64, ok: bool) -> Tightening {
+        let torque = if ok { 2500 + (id % 7) as i64 * 10 } else { 2100 };
+        Tightening {
+            revision: 7,
+            tightening_id: id,
+            cell_id: Some(1),
+            channel_id: Some(1),
+            controller_name: Some("stationd-sim".into()),
+            vin: Some(self.vin.clone()).filter(|v| !v.is_empty()),
+            job_id: Some(0),
+            pset: Some(self.pset),
+            batch_size: Some(self.batch_size),
+            batch_counter: Some(self.batch_counter),
+            ok,
+            batch_status: Some(if self.batch_counter >= self.batch_size {
+                BatchStatus::Ok
+            } else {
+                BatchStatus::NotCompleted
+            }),
+            torque_status: Some(if ok { LimitStatus::Ok } else { LimitStatus::Low }),
+            angle_status: Some(LimitStatus::Ok),
+            torque,
+            torque_min: Some(2300),
+            torque_max: Some(2700),
+            torque_target: Some(2500),
+            angle: 180 + (id % 11) as i64,
+            angle_min: Some(120),
+            angle_max: Some(240),
+            angle_target: Some(180),
+            timestamp: super::local_time_now(),
+            pset_changed_at: Some("2026-01-01:00:00:00".into()),
+            strategy: Some(1),
+            error_status: Some(0),
+            tool_serial: Some("SIM-TOOL-1".into()),
+            pset_name: Some(format!("Pset {}", self.pset)),
+            torque_unit: Some(1),
+            result_type: Some(1),
+        }
     }
 }
 
