@@ -171,6 +171,7 @@ fn main() {
     report("wrench MID 0061 pushed -> 0062 ack (commit)", tightening);
     eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
     eprintln!("daemon exit after SIGTERM: {exit}");
+    assert!(exit.success(), "the daemon must stop cleanly on SIGTERM");
 
     let (gpio_total, gpio_overhead) = gpio_trigger_to_output();
     report("GPIO edge -> result outputs set (in-process)", gpio_total);
