@@ -26,9 +26,10 @@ use tokio_util::task::TaskTracker;
 /// Shutdown order. Services of an earlier phase are stopped and drained first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
-    /// Listeners that bring work in (REST; later Modbus, OPC-UA, GPIO triggers).
+    /// What brings work in: REST, Modbus, OPC-UA, GPIO triggers (station-io), pipelines.
     Intake,
-    /// Devices go to their safe state (cameras; later GPIO outputs, wrench tools).
+    /// Devices go to their safe state: cameras close, GPIO outputs go safe, wrench tools
+    /// are disabled.
     Devices,
     /// The core finishes the events already queued.
     Core,
