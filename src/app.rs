@@ -218,6 +218,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         stop: tokio_util::sync::CancellationToken::new(),
         metrics,
         pipelines,
+        notifications: bus.notifications.clone(),
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

@@ -14,3 +14,4 @@ mod shutdown;
 mod support;
 mod tidy;
 mod wrench;
+mod ws;

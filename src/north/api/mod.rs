@@ -9,6 +9,7 @@ mod gpio;
 mod pipelines;
 mod routes;
 mod wrenches;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub stop: tokio_util::sync::CancellationToken,
     pub metrics: crate::metrics::Metrics,
     pub pipelines: crate::pipelines::Pipelines,
+    /// The core's notifications, for the WebSocket.
+    pub notifications: tokio::sync::broadcast::Sender<crate::bus::Notification>,
 }
 
 impl ApiState {
@@ -106,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/pipelines/{id}/events", get(pipelines::events))
         .route("/active-pipelines", get(pipelines::active).post(pipelines::start))
         .route("/active-pipelines/{id}", axum::routing::delete(pipelines::stop))
+        .route("/ws", get(ws::upgrade))
         .route("/system/gpio", get(gpio::lines))
         .route("/system/gpio/{name}/set", post(gpio::set_output))
         .route("/system/gpio/{name}/inject", post(gpio::inject));
