@@ -56,6 +56,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         None => None,
     };
     let storage = storage::spawn(&mut supervisor, config.state_dir.clone(), config.mqtt.is_some());
+    if let Some(keep) = config.image_retention {
+        storage::spawn_retention(&mut supervisor, storage.clone(), keep);
+    }
     let inference = inference::spawn(&mut supervisor, config.inference.model_dir.clone(), config.inference.threads);
 
     let mut cameras: BTreeMap<String, CameraHandle> = BTreeMap::new();
@@ -219,6 +222,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         metrics,
         pipelines,
         notifications: bus.notifications.clone(),
+        state_dir: config.state_dir.clone(),
+        image_retention: config.image_retention,
     };
     supervisor.spawn("api", Phase::Intake, move |ctx| api::serve(listener, state, ctx));
 

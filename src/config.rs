@@ -44,6 +44,8 @@ pub struct Config {
     pub wrenches: BTreeMap<String, WrenchConfig>,
     /// `None` when the station has no GPIO lines.
     pub gpio: Option<GpioConfig>,
+    /// Inspection images older than this are removed (records stay); `None` keeps them.
+    pub image_retention: Option<Duration>,
 }
 
 /// The station's digital I/O: inputs (triggers, sensors) and outputs (stack light, reject
@@ -366,6 +368,14 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     wrenches: BTreeMap<String, RawWrench>,
     gpio: Option<RawGpio>,
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    image_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -971,6 +981,13 @@ impl RawConfig {
             opcua,
             wrenches,
             gpio,
+            image_retention: match self.storage.image_retention_days {
+                None => None,
+                Some(days @ 1..=3650) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+                Some(_) => {
+                    return Err(ConfigError::invalid("storage.image_retention_days", "must be between 1 and 3650"));
+                }
+            },
         })
     }
 }
@@ -1287,6 +1304,7 @@ mod tests {
             "modbus",
             "mqtt",
             "opcua",
+            "storage",
             "gpio",
             "gpio.inputs.",
             "gpio.outputs.",
@@ -1316,6 +1334,7 @@ mod tests {
             ("stations.", "fail_outputs"),
             ("stations.", "uncertain_outputs"),
             ("stations.", "busy_output"),
+            ("storage", "image_retention_days"),
             ("gpio", "backend"),
             ("gpio", "chip"),
             ("gpio", "consumer"),

@@ -11,6 +11,7 @@
 
 mod images;
 mod pipelines;
+mod retention;
 mod schema;
 mod tightenings;
 
@@ -28,6 +29,7 @@ use crate::core::decision::{Decision, Detection};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
+pub use retention::{Cleanup, StorageUsage, spawn as spawn_retention};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -784,10 +786,10 @@ pub fn spawn(supervisor: &mut Supervisor, state_dir: PathBuf, outbox: bool) -> S
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn new_inspection(station: &str, decision: Decision, at: DateTime<Utc>) -> NewInspection {
+    pub(crate) fn new_inspection(station: &str, decision: Decision, at: DateTime<Utc>) -> NewInspection {
         NewInspection {
             id: Uuid::new_v4(),
             station_id: station.into(),

@@ -212,3 +212,37 @@ async fn corrupt_model_and_missing_camera_degrade_instead_of_crashing() {
     assert_eq!((status, list["total"].as_u64()), (StatusCode::OK, Some(1)), "records stay readable");
     assert!(daemon.shutdown().await);
 }
+
+/// Disk usage by kind, and a cleanup by request (the removal itself is tested in storage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_usage_and_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::test_config(dir.path());
+    config.image_retention = Some(std::time::Duration::from_secs(30 * 86_400));
+    let daemon = Daemon::start_with(config).await;
+    for _ in 0..2 {
+        let (status, _) = daemon.upload(&sample("00_ok.jpg"), "image/jpeg", &[]).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, usage) = daemon.get_json("/api/v1/storage").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((usage["images"]["count"].as_u64(), usage["records"]["inspections"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(usage["images"]["bytes"].as_u64(), Some(2 * sample("00_ok.jpg").len() as u64), "{usage}");
+    assert!(usage["database_bytes"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["image_retention_days"], 30);
+
+    let cleanup = |body: &str| {
+        daemon.request(Method::POST, "/api/v1/storage/cleanup", Some("application/json"), body.as_bytes().to_vec())
+    };
+    let (status, _, body) = cleanup(r#"{"older_than_days": 7}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        serde_json::json!({"images_removed": 0, "bytes_freed": 0})
+    );
+    let (status, _, _) = cleanup(r#"{"older_than_days": 0}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _, _) = cleanup(r#"{"days": 7}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(daemon.shutdown().await, "a clean stop");
+}

@@ -352,3 +352,34 @@ impl From<&crate::storage::PipelineEvent> for PipelineEventDto {
         }
     }
 }
+
+#[derive(Serialize)]
+pub struct StorageDto {
+    pub state_dir: String,
+    pub database_bytes: u64,
+    pub wal_bytes: u64,
+    pub images: ImagesDto,
+    pub records: RecordsDto,
+    pub outbox_pending: u64,
+    /// Images older than this are removed every hour; null keeps them.
+    pub image_retention_days: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct ImagesDto {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct RecordsDto {
+    pub inspections: u64,
+    pub tightenings: u64,
+    pub pipeline_events: u64,
+}
+
+#[derive(Serialize)]
+pub struct CleanupDto {
+    pub images_removed: u64,
+    pub bytes_freed: u64,
+}

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub stop: tokio_util::sync::CancellationToken,
     pub metrics: crate::metrics::Metrics,
     pub pipelines: crate::pipelines::Pipelines,
+    pub state_dir: std::path::PathBuf,
+    pub image_retention: Option<std::time::Duration>,
     /// The core's notifications, for the WebSocket.
     pub notifications: tokio::sync::broadcast::Sender<crate::bus::Notification>,
 }
@@ -110,6 +112,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/active-pipelines", get(pipelines::active).post(pipelines::start))
         .route("/active-pipelines/{id}", axum::routing::delete(pipelines::stop))
         .route("/ws", get(ws::upgrade))
+        .route("/storage", get(routes::storage))
+        .route("/storage/cleanup", post(routes::storage_cleanup))
         .route("/system/gpio", get(gpio::lines))
         .route("/system/gpio/{name}/set", post(gpio::set_output))
         .route("/system/gpio/{name}/inject", post(gpio::inject));

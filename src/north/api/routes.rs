@@ -482,6 +482,47 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
+/// GET /api/v1/storage: what the state directory holds, by kind.
+pub async fn storage(State(state): State<ApiState>) -> Result<Json<super::dto::StorageDto>, ApiError> {
+    use super::dto::{ImagesDto, RecordsDto, StorageDto};
+    let usage = state.inspector.storage.call(|db| db.usage()).await?;
+    Ok(Json(StorageDto {
+        state_dir: state.state_dir.display().to_string(),
+        database_bytes: usage.database_bytes,
+        wal_bytes: usage.wal_bytes,
+        images: ImagesDto { count: usage.images, bytes: usage.image_bytes },
+        records: RecordsDto {
+            inspections: usage.inspections,
+            tightenings: usage.tightenings,
+            pipeline_events: usage.pipeline_events,
+        },
+        outbox_pending: usage.outbox_pending,
+        image_retention_days: state.image_retention.map(|keep| keep.as_secs() / 86_400),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupBody {
+    /// Images of inspections older than this many days go; their records stay.
+    older_than_days: u32,
+}
+
+/// POST /api/v1/storage/cleanup {"older_than_days": 30}
+pub async fn storage_cleanup(
+    State(state): State<ApiState>,
+    body: Result<Json<CleanupBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<super::dto::CleanupDto>, ApiError> {
+    let Json(body) = body.map_err(super::wrenches::json_error)?;
+    if !(1..=36_500).contains(&body.older_than_days) {
+        return Err(ApiError::unprocessable("older_than_days must be between 1 and 36500"));
+    }
+    let cutoff = Utc::now() - chrono::TimeDelta::days(i64::from(body.older_than_days));
+    let cleanup = state.inspector.storage.call(move |db| db.remove_images_before(cutoff)).await?;
+    tracing::info!(images = cleanup.images_removed, bytes = cleanup.bytes_freed, "storage cleanup by request");
+    Ok(Json(super::dto::CleanupDto { images_removed: cleanup.images_removed, bytes_freed: cleanup.bytes_freed }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
