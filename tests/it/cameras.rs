@@ -91,20 +91,7 @@ async fn an_mjpeg_stream_delivers_frames_and_ends_at_shutdown() {
 async fn camera_settings_change_at_run_time_where_the_camera_allows() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path()).await;
-    let put = |body: serde_json::Value| {
-        let daemon = &daemon;
-        async move {
-            let (status, _, answer) = daemon
-                .request(
-                    hyper::Method::PUT,
-                    "/api/v1/cameras/cam0/config",
-                    Some("application/json"),
-                    body.to_string().into_bytes(),
-                )
-                .await;
-            (status, serde_json::from_slice::<serde_json::Value>(&answer).unwrap())
-        }
-    };
+    let put = |body: serde_json::Value| daemon.json(hyper::Method::PUT, "/api/v1/cameras/cam0/config", Some(body));
     let (status, config) = daemon.get_json("/api/v1/cameras/cam0/config").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(config["msg"], json!({"width": null, "height": null, "fps": null, "exposure": null}));

@@ -4,7 +4,7 @@
 //! chip degrades the daemon instead of stopping it. Plus the REST surface.
 
 use hyper::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use stationd::bus::Notification;
 use stationd::config::GpioBackend;
 use stationd::south::gpio::sim::GpioSimControl;
@@ -13,12 +13,6 @@ use crate::support::{Daemon, blind_camera_config, sample, test_config};
 
 fn sim(daemon: &Daemon) -> GpioSimControl {
     daemon.app.gpio_sim.clone().expect("the test config has a simulated chip")
-}
-
-async fn post_json(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
-    let (status, _, body) =
-        daemon.request(Method::POST, path, Some("application/json"), body.to_string().into_bytes()).await;
-    (status, serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body:?}")))
 }
 
 /// Presses the trigger and returns the decision of the inspection it caused.
@@ -143,10 +137,11 @@ async fn rest_lists_lines_sets_outputs_and_injects_inputs() {
                 "active": false, "error": null, "trigger": "default", "pulse_ms": null})
     );
 
-    let (status, body) = post_json(&daemon, "/api/v1/system/gpio/amber/set", json!({"active": true})).await;
+    let (status, body) =
+        daemon.json(Method::POST, "/api/v1/system/gpio/amber/set", Some(json!({"active": true}))).await;
     assert_eq!((status, &body), (StatusCode::OK, &json!({"status": "ok", "msg": ""})));
     assert_eq!(gpio.output("amber"), Some(true));
-    let (status, _) = post_json(&daemon, "/api/v1/system/gpio/reject/set", json!({"pulse": true})).await;
+    let (status, _) = daemon.json(Method::POST, "/api/v1/system/gpio/reject/set", Some(json!({"pulse": true}))).await;
     assert_eq!(status, StatusCode::OK);
     gpio.wait_output("reject", false).await;
 
@@ -178,13 +173,14 @@ async fn rest_lists_lines_sets_outputs_and_injects_inputs() {
         ),
     ];
     for (path, body, status, detail) in cases {
-        let (got, answer) = post_json(&daemon, path, body).await;
+        let (got, answer) = daemon.json(Method::POST, path, Some(body)).await;
         assert_eq!((got, answer["detail"].as_str()), (status, Some(detail)), "{path}");
     }
 
     // A pulse on the trigger through REST runs a whole cycle.
     let mut notifications = daemon.app.bus.notifications.subscribe();
-    let (status, _) = post_json(&daemon, "/api/v1/system/gpio/trigger/inject", json!({"level": "pulse"})).await;
+    let (status, _) =
+        daemon.json(Method::POST, "/api/v1/system/gpio/trigger/inject", Some(json!({"level": "pulse"}))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(matches!(notifications.recv().await.unwrap(), Notification::InspectionCompleted(_)));
     assert!(daemon.shutdown().await, "a clean stop");
@@ -214,7 +210,8 @@ async fn a_missing_gpio_chip_degrades_the_daemon_and_inject_needs_the_sim() {
     let (status, lines) = daemon.get_json("/api/v1/system/gpio").await;
     assert_eq!(status, StatusCode::OK);
     assert!(lines["msg"][0]["error"].as_str().is_some(), "{lines}");
-    let (status, body) = post_json(&daemon, "/api/v1/system/gpio/trigger/inject", json!({"level": "active"})).await;
+    let (status, body) =
+        daemon.json(Method::POST, "/api/v1/system/gpio/trigger/inject", Some(json!({"level": "active"}))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(daemon.shutdown().await, "a clean stop");
 }

@@ -301,20 +301,10 @@ async fn pipeline_anomalies_are_published_on_their_topic() {
         "name": "watch", "source_id": "cam0", "config": {"fps": 30},
         "sinks": [{"type": "mqtt", "name": "mes"}]
     });
-    let (status, _, pipeline) = daemon
-        .request(hyper::Method::POST, "/api/v1/pipelines", Some("application/json"), body.to_string().into_bytes())
-        .await;
+    let (status, pipeline) = daemon.json(hyper::Method::POST, "/api/v1/pipelines", Some(body)).await;
     assert_eq!(status, hyper::StatusCode::CREATED);
-    let pipeline: serde_json::Value = serde_json::from_slice(&pipeline).unwrap();
     let start = serde_json::json!({"pipeline_id": pipeline["id"]});
-    let (status, _, _) = daemon
-        .request(
-            hyper::Method::POST,
-            "/api/v1/active-pipelines",
-            Some("application/json"),
-            start.to_string().into_bytes(),
-        )
-        .await;
+    let (status, _) = daemon.json(hyper::Method::POST, "/api/v1/active-pipelines", Some(start)).await;
     assert_eq!(status, hyper::StatusCode::CREATED);
     let (topic, payload) =
         tokio::time::timeout(PATIENCE, received.recv()).await.expect("an anomaly arrives").expect("subscriber alive");

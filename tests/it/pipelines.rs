@@ -14,16 +14,6 @@ use tokio::sync::mpsc;
 
 use crate::support::{Daemon, test_config};
 
-async fn send(daemon: &Daemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let (content_type, bytes) = match body {
-        Some(body) => (Some("application/json"), body.to_string().into_bytes()),
-        None => (None, Vec::new()),
-    };
-    let (status, _, body) = daemon.request(method, path, content_type, bytes).await;
-    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-    (status, json)
-}
-
 /// An HTTP server on 127.0.0.1:0 that hands every request body to the test, and answers
 /// the first `fail_first` requests with 500.
 #[allow(clippy::disallowed_methods, reason = "the test's webhook receiver, not a daemon service")]
@@ -65,9 +55,7 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
     let daemon = Daemon::start(&dir.path().join("state")).await;
     let (url, mut hooks) = webhook_receiver(0).await;
 
-    let (status, pipeline) = send(
-        &daemon,
-        Method::POST,
+    let (status, pipeline) = daemon.json(Method::POST,
         "/api/v1/pipelines",
         Some(json!({
             "name": "flange watch",
@@ -84,7 +72,7 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
     assert_eq!((pipeline["station_id"].as_str(), pipeline["active"].as_bool()), (Some("default"), Some(false)));
     let id = pipeline["id"].as_str().unwrap().to_owned();
 
-    let (status, run) = send(&daemon, Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
+    let (status, run) = daemon.json(Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
     assert_eq!((status, run["status"].as_str()), (StatusCode::CREATED, Some("starting")), "{run}");
     let run_id = run["id"].as_str().unwrap().to_owned();
 
@@ -99,7 +87,7 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
     let jpeg = std::fs::read(out.join(format!("{event_id}.jpg"))).unwrap();
     assert!(jpeg.starts_with(&[0xFF, 0xD8]));
 
-    let (_, runs) = send(&daemon, Method::GET, "/api/v1/active-pipelines", None).await;
+    let (_, runs) = daemon.json(Method::GET, "/api/v1/active-pipelines", None).await;
     let metrics = &runs[0]["metrics"];
     assert_eq!(runs[0]["pipeline_id"], id.as_str());
     assert!(metrics["frames_processed"].as_u64().unwrap() >= 2, "{runs}");
@@ -108,25 +96,25 @@ async fn a_pipeline_raises_anomalies_into_its_sinks_and_reports_live_metrics() {
 
     // A running pipeline cannot be changed or deleted, nor started twice.
     let path = format!("/api/v1/pipelines/{id}");
-    let (status, _) = send(&daemon, Method::PATCH, &path, Some(json!({"name": "x"}))).await;
+    let (status, _) = daemon.json(Method::PATCH, &path, Some(json!({"name": "x"}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _) = send(&daemon, Method::DELETE, &path, None).await;
+    let (status, _) = daemon.json(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _) = send(&daemon, Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
+    let (status, _) = daemon.json(Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
-    let (status, _) = send(&daemon, Method::DELETE, &format!("/api/v1/active-pipelines/{run_id}"), None).await;
+    let (status, _) = daemon.json(Method::DELETE, &format!("/api/v1/active-pipelines/{run_id}"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, runs) = send(&daemon, Method::GET, "/api/v1/active-pipelines", None).await;
+    let (_, runs) = daemon.json(Method::GET, "/api/v1/active-pipelines", None).await;
     assert_eq!(runs, json!([]));
-    let (_, events) = send(&daemon, Method::GET, &format!("/api/v1/pipelines/{id}/events"), None).await;
+    let (_, events) = daemon.json(Method::GET, &format!("/api/v1/pipelines/{id}/events"), None).await;
     assert!(events.as_array().unwrap().iter().any(|e| e["id"] == event_id), "{events}");
 
-    let (status, patched) = send(&daemon, Method::PATCH, &path, Some(json!({"config": {"fps": 2}}))).await;
+    let (status, patched) = daemon.json(Method::PATCH, &path, Some(json!({"config": {"fps": 2}}))).await;
     assert_eq!((status, patched["config"]["fps"].as_f64()), (StatusCode::OK, Some(2.0)), "{patched}");
-    let (status, _) = send(&daemon, Method::DELETE, &path, None).await;
+    let (status, _) = daemon.json(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = send(&daemon, Method::GET, &path, None).await;
+    let (status, _) = daemon.json(Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(daemon.shutdown().await, "a clean stop");
 }
@@ -167,18 +155,18 @@ async fn bad_pipelines_are_refused_with_the_reason() {
         ),
     ];
     for (body, detail) in cases {
-        let (status, answer) = send(&daemon, Method::POST, "/api/v1/pipelines", Some(body.clone())).await;
+        let (status, answer) = daemon.json(Method::POST, "/api/v1/pipelines", Some(body.clone())).await;
         assert_eq!((status, answer["detail"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(detail)), "{body}");
     }
-    let (status, answer) = send(
-        &daemon,
-        Method::POST,
-        "/api/v1/active-pipelines",
-        Some(json!({"pipeline_id": "00000000-0000-0000-0000-000000000001"})),
-    )
-    .await;
+    let (status, answer) = daemon
+        .json(
+            Method::POST,
+            "/api/v1/active-pipelines",
+            Some(json!({"pipeline_id": "00000000-0000-0000-0000-000000000001"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (status, _) = send(&daemon, Method::DELETE, "/api/v1/active-pipelines/nope", None).await;
+    let (status, _) = daemon.json(Method::DELETE, "/api/v1/active-pipelines/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(daemon.shutdown().await, "a clean stop");
 }
@@ -187,20 +175,20 @@ async fn bad_pipelines_are_refused_with_the_reason() {
 async fn a_running_pipeline_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with(test_config(dir.path())).await;
-    let (_, pipeline) = send(
-        &daemon,
-        Method::POST,
-        "/api/v1/pipelines",
-        Some(json!({"name": "resume", "source_id": "cam0", "config": {"fps": 1}})),
-    )
-    .await;
+    let (_, pipeline) = daemon
+        .json(
+            Method::POST,
+            "/api/v1/pipelines",
+            Some(json!({"name": "resume", "source_id": "cam0", "config": {"fps": 1}})),
+        )
+        .await;
     let id = pipeline["id"].as_str().unwrap().to_owned();
-    let (status, _) = send(&daemon, Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
+    let (status, _) = daemon.json(Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": id}))).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(daemon.shutdown().await);
 
     let daemon = Daemon::start_with(test_config(dir.path())).await;
-    let (_, runs) = send(&daemon, Method::GET, "/api/v1/active-pipelines", None).await;
+    let (_, runs) = daemon.json(Method::GET, "/api/v1/active-pipelines", None).await;
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
     assert_eq!(runs[0]["pipeline_id"], id.as_str());
     assert!(daemon.shutdown().await, "a clean stop");
@@ -211,18 +199,18 @@ async fn a_failed_webhook_delivery_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path()).await;
     let (url, mut hooks) = webhook_receiver(1).await;
-    let (_, pipeline) = send(
-        &daemon,
-        Method::POST,
-        "/api/v1/pipelines",
-        Some(json!({
-            "name": "retry", "source_id": "cam0", "config": {"fps": 30},
-            "sinks": [{"type": "webhook", "name": "andon", "config": {"url": url, "headers": {"X-Line": "2"}}}]
-        })),
-    )
-    .await;
+    let (_, pipeline) = daemon
+        .json(
+            Method::POST,
+            "/api/v1/pipelines",
+            Some(json!({
+                "name": "retry", "source_id": "cam0", "config": {"fps": 30},
+                "sinks": [{"type": "webhook", "name": "andon", "config": {"url": url, "headers": {"X-Line": "2"}}}]
+            })),
+        )
+        .await;
     let (status, _) =
-        send(&daemon, Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": pipeline["id"]}))).await;
+        daemon.json(Method::POST, "/api/v1/active-pipelines", Some(json!({"pipeline_id": pipeline["id"]}))).await;
     assert_eq!(status, StatusCode::CREATED);
     // The first delivery is answered 500; the same event comes again after the backoff.
     let first = hooks.recv().await.unwrap();

@@ -91,6 +91,26 @@ impl Daemon {
         self.client.request(request).await.expect("request")
     }
 
+    /// A request with an optional JSON body; the answer as JSON (`null` when empty).
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let (content_type, bytes) = match body {
+            Some(body) => (Some("application/json"), body.to_string().into_bytes()),
+            None => (None, Vec::new()),
+        };
+        let (status, _, body) = self.request(method, path, content_type, bytes).await;
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body:?}"))
+        };
+        (status, json)
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Bytes) {
         let (status, _, body) = self.request(Method::GET, path, None, Vec::new()).await;
         (status, body)
