@@ -7,7 +7,7 @@
 //! logged, counted and shown as uncertain, because an unjudged part must not pass.
 //! Triggers by outcome and the `output` stage (trigger to outputs set) go to the metrics.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -40,6 +40,27 @@ pub fn spawn(
     supervisor.spawn("station-io", Phase::Intake, move |ctx| io.run(ctx, edges, notifications));
 }
 
+/// The ids seen once lately, oldest first.
+#[derive(Default)]
+struct RecentIds(VecDeque<Uuid>);
+
+impl RecentIds {
+    const CAPACITY: usize = 256;
+
+    /// True the first time `id` is seen; the second sighting forgets it.
+    fn first_sight(&mut self, id: Uuid) -> bool {
+        if let Some(at) = self.0.iter().position(|seen| *seen == id) {
+            self.0.remove(at);
+            return false;
+        }
+        if self.0.len() == Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(id);
+        true
+    }
+}
+
 /// What a result's outputs need.
 struct Shown {
     id: Uuid,
@@ -67,8 +88,10 @@ impl StationIo {
         // Triggered cycles running, per station: busy stays on while any runs.
         let mut running: BTreeMap<String, usize> = BTreeMap::new();
         // Results whose outputs are set, by the notification or by the cycle's end,
-        // whichever came first; the other one finds the id here and removes it.
-        let mut shown: HashSet<Uuid> = HashSet::new();
+        // whichever came first; the other one finds the id here and removes it. Results
+        // of other triggers (PLC, REST) never come back for removal, so the memory is a
+        // bounded window: both sightings of a GPIO result are milliseconds apart.
+        let mut shown = RecentIds::default();
         loop {
             tokio::select! {
                 () = ctx.token.cancelled() => break,
@@ -94,8 +117,7 @@ impl StationIo {
                 Some((station, outcome)) = cycles.next() => {
                     match outcome {
                         Ok(result) => {
-                            if !shown.remove(&result.id) {
-                                shown.insert(result.id);
+                            if shown.first_sight(result.id) {
                                 self.show(&result).await;
                             }
                         }
@@ -115,8 +137,7 @@ impl StationIo {
                             decision: summary.decision,
                             triggered_at: summary.triggered_at,
                         };
-                        if !shown.remove(&result.id) {
-                            shown.insert(result.id);
+                        if shown.first_sight(result.id) {
                             self.show(&result).await;
                         }
                     }
@@ -185,5 +206,25 @@ impl StationIo {
         if let Err(err) = self.gpio.apply(commands).await {
             tracing::error!(station, cause = %err, "station outputs not set");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_result_is_shown_once_and_the_memory_stays_bounded() {
+        let mut shown = RecentIds::default();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert!(shown.first_sight(a), "the notification shows it");
+        assert!(shown.first_sight(b));
+        assert!(!shown.first_sight(a), "the cycle's end does not show it again");
+        assert!(shown.first_sight(a), "and has forgotten it");
+        // Results that are seen once only (PLC triggers) do not pile up.
+        for n in 0..10_000u128 {
+            shown.first_sight(Uuid::from_u128(100 + n));
+        }
+        assert_eq!(shown.0.len(), RecentIds::CAPACITY);
     }
 }
