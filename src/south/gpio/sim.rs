@@ -7,7 +7,7 @@
 //! [`GpioSimControl`] is the other side of the wires: tests, benches and the sim-only
 //! REST endpoint use it to drive inputs and watch outputs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -25,6 +25,8 @@ pub struct GpioSimControl {
     changes: watch::Receiver<u64>,
 }
 
+const LOG_CAPACITY: usize = 4096;
+
 struct Chip {
     /// Physical level of every line (true = high).
     physical: BTreeMap<String, bool>,
@@ -33,8 +35,9 @@ struct Chip {
     fail_writes: bool,
     /// Where input changes go while a backend has the lines open.
     wires: Option<mpsc::UnboundedSender<Change>>,
-    /// Output changes in order: (output, logical level, when).
-    log: Vec<(String, bool, Instant)>,
+    /// The latest output changes in order (at most `LOG_CAPACITY`, so a demo station
+    /// running for weeks does not grow): (output, logical level, when).
+    log: VecDeque<(String, bool, Instant)>,
     changed: watch::Sender<u64>,
 }
 
@@ -56,7 +59,7 @@ impl GpioSimControl {
             physical.insert(name.clone(), output.safe_active != output.active_low);
         }
         let (changed, changes) = watch::channel(0);
-        let chip = Chip { physical, busy: BTreeSet::new(), fail_writes: false, wires: None, log: Vec::new(), changed };
+        let chip = Chip { physical, busy: BTreeSet::new(), fail_writes: false, wires: None, log: VecDeque::new(), changed };
         GpioSimControl { shared: Arc::new(Mutex::new(chip)), config: Arc::new(config.clone()), changes }
     }
 
@@ -134,7 +137,7 @@ impl GpioSimControl {
         self.chip().physical.get(output).copied()
     }
 
-    /// Output changes so far, as `name=1` / `name=0` (logical), oldest first.
+    /// The latest output changes, as `name=1` / `name=0` (logical), oldest first.
     pub fn output_log(&self) -> Vec<String> {
         self.chip().log.iter().map(|(name, active, _)| format!("{name}={}", u8::from(*active))).collect()
     }
@@ -180,7 +183,10 @@ impl GpioSimControl {
 fn set_physical(chip: &mut Chip, output: &str, active: bool, high: bool) {
     let before = chip.physical.insert(output.to_owned(), high);
     if before != Some(high) {
-        chip.log.push((output.to_owned(), active, Instant::now()));
+        if chip.log.len() == LOG_CAPACITY {
+            chip.log.pop_front();
+        }
+        chip.log.push_back((output.to_owned(), active, Instant::now()));
         chip.changed.send_modify(|n| *n += 1);
     }
 }
