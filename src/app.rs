@@ -160,7 +160,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     );
     if let Some(gpio) = &gpio {
         let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
-        station_io::spawn(&mut supervisor, gpio.clone(), inspector.clone(), &bus.notifications, maps, metrics.clone());
+        let readiness = supervisor.readiness();
+        station_io::spawn(
+            &mut supervisor,
+            gpio.clone(),
+            inspector.clone(),
+            &bus.notifications,
+            maps,
+            metrics.clone(),
+            readiness,
+        );
     }
     let pipelines = pipelines::spawn(&mut supervisor, inspector.clone(), config.mqtt.is_some());
     let modbus_addr = match &config.modbus {

@@ -850,6 +850,7 @@ struct RawStation {
     #[serde(default)]
     uncertain_outputs: Vec<String>,
     busy_output: Option<String>,
+    ready_output: Option<String>,
 }
 
 impl RawConfig {
@@ -1115,21 +1116,24 @@ impl RawStation {
                 }
             }
         }
-        if let Some(name) = &self.busy_output {
+        for (field, name, into) in
+            [("busy_output", &self.busy_output, &mut map.busy), ("ready_output", &self.ready_output, &mut map.ready)]
+        {
+            let Some(name) = name else { continue };
             match gpio.and_then(|g| g.outputs.get(name)) {
                 None => {
                     return Err(ConfigError::invalid(
-                        format!("stations.{id}.busy_output"),
+                        format!("stations.{id}.{field}"),
                         format!("no output {name:?} under [gpio.outputs]"),
                     ));
                 }
                 Some(output) if output.pulse.is_some() => {
                     return Err(ConfigError::invalid(
-                        format!("stations.{id}.busy_output"),
-                        format!("{name:?} is a pulse output; busy needs a level output"),
+                        format!("stations.{id}.{field}"),
+                        format!("{name:?} is a pulse output; {field} needs a level output"),
                     ));
                 }
-                Some(_) => map.busy = Some(name.clone()),
+                Some(_) => *into = Some(name.clone()),
             }
         }
         Ok(map)
@@ -1334,6 +1338,7 @@ mod tests {
             ("stations.", "fail_outputs"),
             ("stations.", "uncertain_outputs"),
             ("stations.", "busy_output"),
+            ("stations.", "ready_output"),
             ("storage", "image_retention_days"),
             ("gpio", "backend"),
             ("gpio", "chip"),
@@ -1494,7 +1499,7 @@ mod tests {
             (
                 "busy_output = \"busy\"",
                 "busy_output = \"reject\"",
-                "`stations.default.busy_output`: \"reject\" is a pulse output; busy needs a level output",
+                "`stations.default.busy_output`: \"reject\" is a pulse output; busy_output needs a level output",
             ),
             (
                 "pass_outputs = [\"green\"]",

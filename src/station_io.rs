@@ -6,6 +6,7 @@
 //! captures), up to `MAX_IN_FLIGHT`; busy stays on while any of a station's runs. A trigger beyond that cannot be inspected; it is
 //! logged, counted and shown as uncertain, because an unjudged part must not pass.
 //! Triggers by outcome and the `output` stage (trigger to outputs set) go to the metrics.
+//! A station's ready output follows the daemon's readiness (checked every second).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -21,7 +22,7 @@ use crate::cycle::{CycleImage, InspectRequest, Inspector};
 use crate::metrics::{Metrics, Stage, TriggerOutcome};
 use crate::south::gpio::{GpioHandle, InputEdge};
 use crate::storage::Source;
-use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
+use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, Supervisor};
 use uuid::Uuid;
 
 /// Cycles running at once from GPIO triggers.
@@ -34,8 +35,9 @@ pub fn spawn(
     notifications: &broadcast::Sender<Notification>,
     maps: BTreeMap<String, OutputMap>,
     metrics: Metrics,
+    readiness: Readiness,
 ) {
-    let io = StationIo { gpio, inspector, maps, metrics };
+    let io = StationIo { gpio, inspector, maps, metrics, readiness };
     let (edges, notifications) = (io.gpio.edges(), notifications.subscribe());
     supervisor.spawn("station-io", Phase::Intake, move |ctx| io.run(ctx, edges, notifications));
 }
@@ -74,7 +76,11 @@ struct StationIo {
     inspector: Inspector,
     maps: BTreeMap<String, OutputMap>,
     metrics: Metrics,
+    readiness: Readiness,
 }
+
+/// How often the ready outputs follow the daemon's readiness.
+const READY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl StationIo {
     async fn run(
@@ -92,9 +98,20 @@ impl StationIo {
         // of other triggers (PLC, REST) never come back for removal, so the memory is a
         // bounded window: both sightings of a GPIO result are milliseconds apart.
         let mut shown = RecentIds::default();
+        let mut ready_check = tokio::time::interval(READY_CHECK);
+        let mut ready_shown = None;
         loop {
             tokio::select! {
                 () = ctx.token.cancelled() => break,
+                _ = ready_check.tick() => {
+                    let ready = self.readiness.all_ready();
+                    if ready_shown != Some(ready) {
+                        ready_shown = Some(ready);
+                        for (station, map) in &self.maps {
+                            self.drive(station, outputs::on_readiness(map, ready)).await;
+                        }
+                    }
+                }
                 edge = edges.recv() => match edge {
                     Ok(edge) => {
                         if let Some(station) = self.trigger_station(&edge) {

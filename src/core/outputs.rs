@@ -15,13 +15,20 @@ pub struct OutputMap {
     /// Active while triggered cycles run; dropped after the last one's outputs are set,
     /// so a PLC that waits for busy to fall reads a settled result.
     pub busy: Option<String>,
+    /// Active while every service of the daemon is ready (camera open, model loaded,
+    /// lines held...): the line's "station ready" lamp or PLC input.
+    pub ready: Option<String>,
     /// The outputs above that pulse rather than hold a level.
     pub pulsed: BTreeSet<String>,
 }
 
 impl OutputMap {
     pub fn is_empty(&self) -> bool {
-        self.pass.is_empty() && self.fail.is_empty() && self.uncertain.is_empty() && self.busy.is_none()
+        self.pass.is_empty()
+            && self.fail.is_empty()
+            && self.uncertain.is_empty()
+            && self.busy.is_none()
+            && self.ready.is_none()
     }
 
     fn for_decision(&self, decision: Decision) -> &[String] {
@@ -48,6 +55,11 @@ pub enum OutputCommand {
 /// A trigger was accepted: raise busy.
 pub fn on_trigger(map: &OutputMap) -> Vec<OutputCommand> {
     map.busy.iter().map(|output| OutputCommand::Set { output: output.clone(), active: true }).collect()
+}
+
+/// The daemon became ready, or stopped being ready.
+pub fn on_readiness(map: &OutputMap, ready: bool) -> Vec<OutputCommand> {
+    map.ready.iter().map(|output| OutputCommand::Set { output: output.clone(), active: ready }).collect()
 }
 
 /// No triggered cycle is running any more: drop busy (after `on_result`'s outputs).
@@ -101,6 +113,7 @@ mod tests {
             fail: vec!["red".into(), "reject".into()],
             uncertain: vec!["amber".into()],
             busy: Some("busy".into()),
+            ready: Some("ready".into()),
             pulsed: ["reject".to_owned()].into(),
         }
     }
@@ -120,6 +133,7 @@ mod tests {
         .assert_eq(&cases.join("\n"));
         assert_eq!(render(&on_trigger(&map)), "busy=1");
         assert_eq!(render(&on_idle(&map)), "busy=0");
+        assert_eq!(render(&on_readiness(&map, false)), "ready=0");
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn sim(daemon: &Daemon) -> GpioSimControl {
     daemon.app.gpio_sim.clone().expect("the test config has a simulated chip")
 }
 
+/// The output log without the ready output, which follows readiness on its own clock.
+fn lamps(gpio: &GpioSimControl) -> Vec<String> {
+    gpio.output_log().into_iter().filter(|entry| !entry.starts_with("ready=")).collect()
+}
+
 /// Presses the trigger and returns the decision of the inspection it caused.
 async fn press_trigger(daemon: &Daemon, gpio: &GpioSimControl) -> String {
     let mut notifications = daemon.app.bus.notifications.subscribe();
@@ -39,6 +44,8 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
     config.gpio.as_mut().unwrap().inputs.get_mut("trigger").unwrap().debounce = std::time::Duration::ZERO;
     let daemon = Daemon::start_with(config).await;
     let gpio = sim(&daemon);
+    // Every service is ready: the station's ready output says so.
+    gpio.wait_output("ready", true).await;
 
     // An upload is judged but drives none of the line's outputs (the log below starts
     // with the trigger's busy: station-io handles results in order).
@@ -47,11 +54,11 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
 
     // The sim camera's frames are 00_ok.jpg, then 01_scratch.jpg.
     assert_eq!(press_trigger(&daemon, &gpio).await, "pass");
-    assert_eq!(gpio.output_log(), ["busy=1", "green=1", "busy=0"]);
+    assert_eq!(lamps(&gpio), ["busy=1", "green=1", "busy=0"]);
     assert_eq!(press_trigger(&daemon, &gpio).await, "fail");
     gpio.wait_output("reject", false).await;
     assert_eq!(
-        gpio.output_log()[3..],
+        lamps(&gpio)[3..],
         ["busy=1", "green=0", "red=1", "reject=1", "busy=0", "reject=0"],
         "lamps of other states go off before this state's go on; the reject gate pulses"
     );
@@ -76,7 +83,7 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
 
     // Shutdown: every output back to its safe level.
     assert!(daemon.shutdown().await);
-    for output in ["green", "amber", "red", "busy", "reject"] {
+    for output in ["green", "amber", "red", "busy", "reject", "ready"] {
         assert_eq!(gpio.output(output), Some(false), "{output}");
     }
 }
@@ -102,7 +109,7 @@ async fn overlapping_triggers_each_inspect_and_busy_spans_them_all() {
         }
     }
     gpio.wait_output("busy", false).await;
-    let log = gpio.output_log();
+    let log = lamps(&gpio);
     assert_eq!(log.first().map(String::as_str), Some("busy=1"), "{log:?}");
     assert_eq!(log.iter().filter(|l| l.starts_with("busy")).count(), 2, "one busy span: {log:?}");
     assert!(daemon.shutdown().await, "a clean stop");
@@ -116,7 +123,8 @@ async fn a_trigger_whose_cycle_fails_shows_uncertain_never_pass() {
     gpio.drive("trigger", true).unwrap();
     gpio.wait_output("amber", true).await;
     gpio.wait_output("busy", false).await;
-    assert_eq!(gpio.output_log(), ["busy=1", "amber=1", "busy=0"]);
+    assert_eq!(lamps(&gpio), ["busy=1", "amber=1", "busy=0"]);
+    assert_eq!(gpio.output("ready"), Some(false), "a station without its camera is not ready");
     let (_, list) = daemon.get_json("/api/v1/inspections").await;
     assert_eq!(list["total"], 0, "no record without a frame: {list}");
     assert!(daemon.shutdown().await, "a clean stop");

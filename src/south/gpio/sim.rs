@@ -59,7 +59,8 @@ impl GpioSimControl {
             physical.insert(name.clone(), output.safe_active != output.active_low);
         }
         let (changed, changes) = watch::channel(0);
-        let chip = Chip { physical, busy: BTreeSet::new(), fail_writes: false, wires: None, log: VecDeque::new(), changed };
+        let chip =
+            Chip { physical, busy: BTreeSet::new(), fail_writes: false, wires: None, log: VecDeque::new(), changed };
         GpioSimControl { shared: Arc::new(Mutex::new(chip)), config: Arc::new(config.clone()), changes }
     }
 
