@@ -70,13 +70,19 @@ async fn a_trigger_edge_inspects_and_the_decision_drives_the_outputs() {
     assert_eq!(status, StatusCode::OK);
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     for line in [
-        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"capture\"} 2",
-        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"inference\"} 3",
-        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"commit\"} 3",
-        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"published\"} 3",
-        "stationd_inspection_stage_seconds_count{station=\"default\",stage=\"output\"} 2",
-        "stationd_gpio_triggers_total{station=\"default\",outcome=\"accepted\"} 2",
-        "stationd_inspections_total{station=\"default\",decision=\"fail\"} 2",
+        "inspection_stage_seconds_count{station=\"default\",stage=\"capture\"} 2",
+        "inspection_stage_seconds_count{station=\"default\",stage=\"inference\"} 3",
+        "inspection_stage_seconds_count{station=\"default\",stage=\"commit\"} 3",
+        "inspection_stage_seconds_count{station=\"default\",stage=\"published\"} 3",
+        "inspection_stage_seconds_count{station=\"default\",stage=\"output\"} 2",
+        "gpio_triggers_total{station=\"default\",outcome=\"accepted\"} 2",
+        "device_up{kind=\"camera\",name=\"cam0\"} 1",
+        "device_up{kind=\"gpio\",name=\"gpio\"} 1",
+        "device_up{kind=\"wrench\",name=\"wrench-sim\"} 1",
+        "model_ready 1",
+        "api_requests_total{method=\"GET\",endpoint=\"/api/v1/inspections\",status=\"200\"} 1",
+        "api_requests_total{method=\"POST\",endpoint=\"/api/v1/inspect\",status=\"201\"} 1",
+        "inspections_total{station=\"default\",decision=\"fail\"} 2",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }

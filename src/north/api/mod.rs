@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -134,7 +134,12 @@ async fn count_in_flight(State(state): State<ApiState>, request: Request, next: 
     }
     state.in_flight.send_modify(|n| *n += 1);
     let _guard = Guard(state.in_flight.clone());
-    next.run(request).await
+    // The route template, not the path: ids must not become metric labels.
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state.metrics.api_request(method.as_str(), route.as_deref().unwrap_or("unmatched"), response.status().as_u16());
+    response
 }
 
 /// Binds the listener; separate from `serve` so that the caller learns the bound address

@@ -476,9 +476,34 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-/// GET /metrics: Prometheus text exposition.
+/// GET /metrics: Prometheus text exposition. Device and backlog gauges are read from the
+/// services' own state at scrape time.
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    let text = state.metrics.render();
+    let metrics = &state.metrics;
+    for (service, service_state) in state.readiness.report() {
+        let up = service_state == crate::supervisor::ServiceState::Ready;
+        match service.strip_prefix("camera[").and_then(|s| s.strip_suffix(']')) {
+            Some(camera) => metrics.device_up("camera", camera, up),
+            None if matches!(service.as_str(), "gpio" | "opcua" | "modbus") => {
+                metrics.device_up(&service, &service, up)
+            }
+            None => {}
+        }
+    }
+    for wrench in state.wrenches.statuses() {
+        metrics.device_up("wrench", &wrench.settings.id, wrench.link == crate::south::wrench::LinkState::Up);
+    }
+    if let Some(mqtt) = &state.mqtt {
+        for (station, link) in &mqtt.links {
+            metrics.device_up("mqtt", station, link.borrow().connected);
+            let id = station.clone();
+            if let Ok((backlog, _)) = state.inspector.storage.call(move |db| db.outbox_backlog(&id)).await {
+                metrics.outbox_backlog(station, backlog);
+            }
+        }
+    }
+    metrics.model_ready(state.inspector.inference.model().is_some());
+    let text = metrics.render();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
