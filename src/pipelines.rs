@@ -160,21 +160,22 @@ impl Pipelines {
     }
 
     pub async fn start(&self, pipeline_id: Uuid) -> Result<RunStatus, PipelineError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Start(pipeline_id, reply)).await.map_err(|_| PipelineError::Stopped)?;
-        answer.await.map_err(|_| PipelineError::Stopped)?
+        self.ask(|reply| Request::Start(pipeline_id, reply)).await?
     }
 
     /// Stops a run by its id (the active pipeline id).
     pub async fn stop(&self, run_id: Uuid) -> Result<(), PipelineError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Stop(run_id, reply)).await.map_err(|_| PipelineError::Stopped)?;
-        answer.await.map_err(|_| PipelineError::Stopped)?
+        self.ask(|reply| Request::Stop(run_id, reply)).await?
     }
 
     pub async fn runs(&self) -> Result<Vec<RunStatus>, PipelineError> {
+        self.ask(Request::List).await
+    }
+
+    /// Sends a request to the service and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, PipelineError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::List(reply)).await.map_err(|_| PipelineError::Stopped)?;
+        self.requests.send(request(reply)).await.map_err(|_| PipelineError::Stopped)?;
         answer.await.map_err(|_| PipelineError::Stopped)
     }
 }

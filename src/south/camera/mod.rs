@@ -107,23 +107,25 @@ pub struct CameraHandle {
 
 impl CameraHandle {
     pub async fn capture(&self) -> Result<Frame, CameraError> {
-        let stopped = || CameraError::Stopped { camera: self.id.clone() };
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Capture(reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.ask(Request::Capture).await
     }
 
     pub async fn settings(&self) -> Result<CameraSettings, CameraError> {
-        let stopped = || CameraError::Stopped { camera: self.id.clone() };
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Settings(reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.ask(Request::Settings).await
     }
 
     pub async fn configure(&self, change: CameraSettings) -> Result<CameraSettings, CameraError> {
+        self.ask(|reply| Request::Configure(change, reply)).await
+    }
+
+    /// Sends a request to the camera's thread and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, CameraError>>) -> Request,
+    ) -> Result<T, CameraError> {
         let stopped = || CameraError::Stopped { camera: self.id.clone() };
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Configure(change, reply)).await.map_err(|_| stopped())?;
+        self.requests.send(request(reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 

@@ -116,15 +116,18 @@ impl GpioHandle {
                 });
             }
         }
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Apply(commands, reply)).await.map_err(|_| GpioError::Stopped)?;
-        answer.await.map_err(|_| GpioError::Stopped)?
+        self.ask(|reply| Request::Apply(commands, reply)).await?
     }
 
     /// Every configured line with its current level.
     pub async fn status(&self) -> Result<Vec<LineStatus>, GpioError> {
+        self.ask(Request::Status).await
+    }
+
+    /// Sends a request to the service and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, GpioError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Status(reply)).await.map_err(|_| GpioError::Stopped)?;
+        self.requests.send(request(reply)).await.map_err(|_| GpioError::Stopped)?;
         answer.await.map_err(|_| GpioError::Stopped)
     }
 
