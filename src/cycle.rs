@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::bus::{Bus, Event, InspectionSummary, Snapshot};
 use crate::config::{StationConfig, ThresholdOverrides};
 use crate::core::decision::{self, ModelOutput};
-use crate::inference::{ImageInput, InferenceError, InferenceHandle};
+use crate::inference::{ImageInput, InferenceError, InferenceHandle, ModelInfo};
 use crate::metrics::{Metrics, Stage};
 use crate::south::camera::{CameraError, CameraHandle};
 use crate::storage::{InspectionRecord, NewImage, NewInspection, Source, Storage, StorageError};
@@ -108,10 +108,12 @@ impl Inspector {
         &self.cameras
     }
 
-    /// The decision rule of the loaded model with the config's thresholds.
-    pub fn decision_rule(&self) -> Result<decision::DecisionRule, InferenceError> {
+    /// The loaded model and its decision rule with the config's thresholds, read together
+    /// so that both describe the same model.
+    pub fn model_and_rule(&self) -> Result<(Arc<ModelInfo>, decision::DecisionRule), InferenceError> {
         let model = self.inference.model().ok_or(InferenceError::NotReady)?;
-        model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))
+        let rule = model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))?;
+        Ok((model, rule))
     }
 
     /// The stations that inspect with camera `camera_id`.
@@ -138,10 +140,7 @@ impl Inspector {
                     self.cameras.get(camera_id).ok_or_else(|| CycleError::NoCamera(request.station_id.clone()))?;
                 let frame = camera.capture().await?;
                 self.metrics.stage(&request.station_id, Stage::Capture, request.triggered_at.elapsed());
-                let image = frame.image.clone();
-                let jpeg = tokio::task::spawn_blocking(move || encode_jpeg(&image))
-                    .await
-                    .map_err(|err| CycleError::Encode(err.to_string()))??;
+                let jpeg = encode_jpeg_off_runtime(frame.image.clone()).await?;
                 (
                     ImageInput::Decoded(frame.image),
                     NewImage { bytes: jpeg, extension: JPEG.extension, content_type: JPEG.content_type },
@@ -152,8 +151,7 @@ impl Inspector {
 
         let inferred = self.inference.infer(input).await?;
         self.metrics.stage(&request.station_id, Stage::Inference, request.triggered_at.elapsed());
-        let model = self.inference.model().ok_or(CycleError::Inference(InferenceError::NotReady))?;
-        let rule = model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))?;
+        let (model, rule) = self.model_and_rule()?;
         let verdict = decision::decide(&rule, &inferred.output);
         let scores = match &inferred.output {
             ModelOutput::Classification { probabilities } => {
@@ -221,6 +219,11 @@ impl Inspector {
         tracing::debug!(id = %record.id, station = record.station_id, decision = record.decision.as_str(), "inspection stored");
         Ok(record)
     }
+}
+
+/// `encode_jpeg` on the blocking pool: encoding a frame takes milliseconds.
+pub(crate) async fn encode_jpeg_off_runtime(image: Arc<image::RgbImage>) -> Result<bytes::Bytes, CycleError> {
+    tokio::task::spawn_blocking(move || encode_jpeg(&image)).await.map_err(|err| CycleError::Encode(err.to_string()))?
 }
 
 pub(crate) fn encode_jpeg(image: &image::RgbImage) -> Result<bytes::Bytes, CycleError> {

@@ -317,8 +317,8 @@ async fn watch(spec: PipelineSpec, inspector: Inspector, stats: Arc<Mutex<RunSta
                 continue;
             }
         };
-        let rule = match inspector.decision_rule() {
-            Ok(rule) => rule,
+        let rule = match inspector.model_and_rule() {
+            Ok((_, rule)) => rule,
             Err(err) => {
                 set_error(Some(err.to_string()));
                 continue;

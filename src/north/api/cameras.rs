@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::routes::query_error;
 use super::wrenches::{Envelope, json_error, ok};
 use crate::config::{CameraBackend, CameraDevice, PixelFormat};
-use crate::cycle::{CycleError, encode_jpeg};
+use crate::cycle::{CycleError, encode_jpeg_off_runtime};
 use crate::south::camera::{CameraError, CameraHandle, CameraSettings, CameraState};
 
 /// Streams served at once, over all cameras.
@@ -107,10 +107,7 @@ fn describe(state: &ApiState, handle: &CameraHandle) -> CameraDto {
 /// One frame, captured now, as JPEG.
 async fn capture_jpeg(handle: &CameraHandle) -> Result<Bytes, ApiError> {
     let frame = handle.capture().await.map_err(CycleError::from)?;
-    let jpeg = tokio::task::spawn_blocking(move || encode_jpeg(&frame.image))
-        .await
-        .map_err(|err| CycleError::Encode(err.to_string()))??;
-    Ok(jpeg)
+    Ok(encode_jpeg_off_runtime(frame.image).await?)
 }
 
 /// GET /api/v1/cameras/{id}/frame: the newest frame as image/jpeg.
