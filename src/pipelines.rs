@@ -30,6 +30,7 @@ use crate::core::decision;
 use crate::core::monitor::{self, Confirmation};
 use crate::cycle::{Inspector, encode_jpeg};
 use crate::inference::ImageInput;
+use crate::north::api::dto::PipelineEventDto;
 use crate::storage::{PipelineEvent, PipelineSpec, SinkKind, StorageError};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
@@ -359,7 +360,8 @@ async fn watch(spec: PipelineSpec, inspector: Inspector, stats: Arc<Mutex<RunSta
         };
         stats.lock().unwrap_or_else(|e| e.into_inner()).anomalies += 1;
         tracing::warn!(pipeline = %spec.id, score = event.score, "anomaly raised");
-        let body = Bytes::from(serde_json::to_vec(&event_json(&event)).expect("plain data serialises"));
+        // The same JSON as `GET /pipelines/{id}/events` and the MQTT message.
+        let body = Bytes::from(serde_json::to_vec(&PipelineEventDto::from(&event)).expect("plain data serialises"));
         for sink in &spec.sinks {
             match &sink.kind {
                 SinkKind::Mqtt => {}
@@ -386,21 +388,6 @@ async fn watch(spec: PipelineSpec, inspector: Inspector, stats: Arc<Mutex<RunSta
     }
     // Finish (or give up on, after their retries) the deliveries already queued.
     while deliveries.next().await.is_some() {}
-}
-
-/// The event's JSON for webhooks and files: the same shape as the REST and MQTT one.
-fn event_json(event: &PipelineEvent) -> serde_json::Value {
-    serde_json::json!({
-        "id": event.id.to_string(),
-        "pipeline_id": event.pipeline_id.to_string(),
-        "station_id": event.station_id,
-        "anomaly_score": event.score,
-        "threshold": event.threshold,
-        "frames_anomalous": event.frames_anomalous,
-        "frames_window": event.frames_window,
-        "label": event.label,
-        "timestamp": event.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    })
 }
 
 fn write_files(dir: &Path, id: Uuid, json: &[u8], image: Option<&image::RgbImage>) -> Result<(), String> {
