@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::bus::{CoreEnds, Effect, Event};
+use crate::bus::{CoreEnds, Effect, Event, Snapshot};
 use crate::core::Core;
 use crate::storage::Storage;
 use crate::supervisor::{ServiceContext, ServiceError};
@@ -48,21 +48,29 @@ pub async fn run(
             () = ctx.token.cancelled() => {
                 events.close();
                 while let Some(event) = events.recv().await {
-                    apply(&mut core, event, &notifications);
+                    apply(&mut core, event, &snapshots, &notifications);
                 }
                 break;
             }
         };
-        apply(&mut core, event, &notifications);
-        snapshots.send_replace(Arc::new(core.snapshot(Utc::now())));
+        apply(&mut core, event, &snapshots, &notifications);
         heartbeat.send_replace(Utc::now());
     }
-    snapshots.send_replace(Arc::new(core.snapshot(Utc::now())));
     Ok(())
 }
 
-fn apply(core: &mut Core, event: Event, notifications: &tokio::sync::broadcast::Sender<crate::bus::Notification>) {
-    for effect in core.handle(event, Utc::now()) {
+/// Handles one event, publishes the fresh snapshot and then the notifications, so a
+/// subscriber reacting to a notification already reads the stats that include it.
+fn apply(
+    core: &mut Core,
+    event: Event,
+    snapshots: &watch::Sender<Arc<Snapshot>>,
+    notifications: &tokio::sync::broadcast::Sender<crate::bus::Notification>,
+) {
+    let now = Utc::now();
+    let effects = core.handle(event, now);
+    snapshots.send_replace(Arc::new(core.snapshot(now)));
+    for effect in effects {
         match effect {
             // No subscriber is not an error: nobody is listening right now.
             Effect::Publish(notification) => {
