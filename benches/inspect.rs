@@ -3,7 +3,7 @@
 //! daemon's overhead over pure model inference, and its idle RSS. Prints figures; the
 //! targets they are judged against live in the closing notes, not in timed tests.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -87,7 +87,17 @@ fn main() {
             "\n[wrenches.bench]\nbackend = \"open-protocol\"\naddress = \"127.0.0.1\"\nport = {}\nstation = \"default\"\n",
             wrench.addr().port()
         );
+    let text = text + "\n[auth]\nrequests_per_minute = 1000000\n";
     std::fs::write(&config, text).unwrap();
+    // A user to log in as, added the way a technician would.
+    let mut add = Command::new(env!("CARGO_BIN_EXE_stationd"))
+        .args(["user", "add", "bench", "--role", "admin", "--password-stdin", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("stationd user add");
+    add.stdin.take().unwrap().write_all(b"bench-password-1\n").unwrap();
+    assert!(add.wait().unwrap().success());
     let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
         .args(["run", "--config"])
         .arg(&config)
@@ -126,6 +136,13 @@ fn main() {
 
     let (e2e, overhead, plc, plc_overhead, tightening) = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let login = Request::post(format!("http://{addr}/api/v1/auth/login"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"username": "bench", "password": "bench-password-1"}"#)))
+            .unwrap();
+        let body = client.request(login).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        let login: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let bearer = format!("Bearer {}", login["access_token"].as_str().expect("logged in"));
         let boundary = "bench-boundary";
         let mut body = Vec::new();
         body.extend_from_slice(
@@ -139,6 +156,7 @@ fn main() {
         for i in 0..WARMUP + ITERATIONS {
             let request = Request::post(format!("http://{addr}/api/v1/inspect"))
                 .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .header("authorization", &bearer)
                 .body(Full::new(body.clone()))
                 .unwrap();
             let started = Instant::now();
@@ -152,7 +170,7 @@ fn main() {
                 overhead.push(elapsed - json["inference_time_ms"].as_f64().unwrap());
             }
         }
-        let (plc, plc_overhead) = modbus_handshakes(&client, &addr, modbus_addr).await;
+        let (plc, plc_overhead) = modbus_handshakes(&client, &addr, &bearer, modbus_addr).await;
         let tightening = tightening_acks(&wrench).await;
         (e2e, overhead, plc, plc_overhead, tightening)
     });
@@ -241,6 +259,7 @@ async fn tightening_acks(wrench: &stationd::south::wrench::sim::SimHandle) -> Ve
 async fn modbus_handshakes(
     http: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     api: &str,
+    bearer: &str,
     modbus: std::net::SocketAddr,
 ) -> (Vec<f64>, Vec<f64>) {
     use tokio_modbus::prelude::*;
@@ -259,6 +278,7 @@ async fn modbus_handshakes(
         plc.write_single_coil(1, false).await.unwrap().unwrap();
         if i >= WARMUP {
             let request = hyper::Request::get(format!("http://{api}/api/v1/inspections?limit=1"))
+                .header("authorization", bearer)
                 .body(Full::new(Bytes::new()))
                 .unwrap();
             let body = http.request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();

@@ -39,6 +39,9 @@ pub struct RunningApp {
     pub gpio_sim: Option<GpioSimControl>,
     /// Number of REST requests being served.
     pub in_flight: watch::Receiver<usize>,
+    /// The password of the `admin` user made at this start because there was no user;
+    /// `main` prints it once.
+    pub first_admin_password: Option<String>,
     supervisor: Supervisor,
     shutdown_deadline: Duration,
 }
@@ -151,7 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     });
     let inspector = Inspector::new(
         inference,
-        storage,
+        storage.clone(),
         &bus,
         config.stations.clone(),
         cameras,
@@ -214,7 +217,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
     let api_addr = listener.local_addr()?;
     let (in_flight_tx, in_flight_rx) = watch::channel(0usize);
+    let (auth, first_admin_password) =
+        api::auth::prepare(&storage, &config.auth).await.context("cannot prepare the REST API's users")?;
     let state = ApiState {
+        auth,
         inspector,
         readiness: supervisor.readiness(),
         snapshots: bus.snapshots.clone(),
@@ -247,6 +253,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         in_flight: in_flight_rx,
         supervisor,
         shutdown_deadline: config.shutdown_deadline,
+        first_admin_password,
     })
 }
 
@@ -296,6 +303,18 @@ impl RunningApp {
 /// Runs the daemon until `shutdown` resolves (SIGTERM/SIGINT in `main`) or a service fails.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = start(config).await?;
+    if let Some(password) = &app.first_admin_password {
+        // Once, on the console (and so in the journal under systemd): there is no default
+        // password to leave unchanged.
+        tracing::warn!("first start: created user `admin`; its password is printed on stderr once");
+        #[allow(clippy::print_stderr, reason = "the one place the first password is shown")]
+        {
+            eprintln!(
+                "\n  stationd: first start, no user yet. Log in as `admin` with password\n\n      {password}\n\n  \
+                 and change it (PUT /api/v1/users/me/password). Lost it? `stationd user reset-password admin`.\n"
+            );
+        }
+    }
     let failed = app.supervisor.failed();
     tokio::pin!(shutdown);
     let settled = tokio::select! {

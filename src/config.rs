@@ -29,6 +29,7 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub log_filter: String,
     pub api: ApiConfig,
+    pub auth: AuthConfig,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -212,6 +213,17 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
 }
 
+/// REST users' tokens and the per-client request limits.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// Per client address, every route but login and the probes.
+    pub requests_per_minute: u32,
+    /// Per client address, `POST /api/v1/auth/login`.
+    pub logins_per_minute: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct InferenceConfig {
     /// `models/<name>/` holding `model.onnx` and `model.toml`.
@@ -370,6 +382,68 @@ pub(crate) struct RawConfig {
     gpio: Option<RawGpio>,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default = "default_access_token_seconds")]
+    access_token_seconds: u32,
+    #[serde(default = "default_refresh_token_hours")]
+    refresh_token_hours: u32,
+    #[serde(default = "default_requests_per_minute")]
+    requests_per_minute: u32,
+    #[serde(default = "default_logins_per_minute")]
+    logins_per_minute: u32,
+}
+
+impl Default for RawAuth {
+    fn default() -> RawAuth {
+        RawAuth {
+            access_token_seconds: default_access_token_seconds(),
+            refresh_token_hours: default_refresh_token_hours(),
+            requests_per_minute: default_requests_per_minute(),
+            logins_per_minute: default_logins_per_minute(),
+        }
+    }
+}
+
+fn default_access_token_seconds() -> u32 {
+    900
+}
+fn default_refresh_token_hours() -> u32 {
+    168
+}
+fn default_requests_per_minute() -> u32 {
+    200
+}
+fn default_logins_per_minute() -> u32 {
+    10
+}
+
+impl RawAuth {
+    fn validate(self) -> Result<AuthConfig, ConfigError> {
+        if !(1..=86_400).contains(&self.access_token_seconds) {
+            return Err(ConfigError::invalid("auth.access_token_seconds", "must be between 1 and 86400"));
+        }
+        if !(1..=8760).contains(&self.refresh_token_hours) {
+            return Err(ConfigError::invalid("auth.refresh_token_hours", "must be between 1 and 8760"));
+        }
+        if !(1..=1_000_000).contains(&self.requests_per_minute) {
+            return Err(ConfigError::invalid("auth.requests_per_minute", "must be between 1 and 1000000"));
+        }
+        if !(1..=1000).contains(&self.logins_per_minute) {
+            return Err(ConfigError::invalid("auth.logins_per_minute", "must be between 1 and 1000"));
+        }
+        Ok(AuthConfig {
+            access_token_ttl: Duration::from_secs(u64::from(self.access_token_seconds)),
+            refresh_token_ttl: Duration::from_secs(u64::from(self.refresh_token_hours) * 3600),
+            requests_per_minute: self.requests_per_minute,
+            logins_per_minute: self.logins_per_minute,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -967,6 +1041,7 @@ impl RawConfig {
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             log_filter: self.log.filter,
             api: ApiConfig { bind, max_upload_bytes: self.api.max_upload_mb as usize * 1024 * 1024 },
+            auth: self.auth.validate()?,
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1314,6 +1389,7 @@ mod tests {
             "gpio.outputs.",
             "opcua.users.",
             "wrenches.",
+            "auth",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1321,6 +1397,10 @@ mod tests {
             ("log", "filter"),
             ("api", "bind"),
             ("api", "max_upload_mb"),
+            ("auth", "access_token_seconds"),
+            ("auth", "refresh_token_hours"),
+            ("auth", "requests_per_minute"),
+            ("auth", "logins_per_minute"),
             ("inference", "model_dir"),
             ("inference", "threads"),
             ("inference", "pass_threshold"),

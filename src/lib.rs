@@ -16,6 +16,7 @@
 //! - [`telemetry`]: logging to journald or stderr.
 
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod core;

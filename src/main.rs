@@ -39,6 +39,33 @@ enum Command {
     /// Play a tightening controller (Open Protocol) for benches and demos. Type `ok`,
     /// `nok`, `drop`, `cut`, `enable`, `disable` or `status` on stdin to drive it.
     WrenchSim(WrenchSimArgs),
+    /// Manage REST API users directly in the station's database. Works while the daemon
+    /// runs: it learns of the change at the user's next login, and refresh tokens are
+    /// void at once (access tokens from before a reset lapse within their lifetime).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user. The password is read from the first line of stdin with
+    /// --password-stdin; otherwise a random one is made and printed.
+    Add {
+        username: String,
+        /// admin, engineer or operator.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Give a user a new random password (printed) and enable it; its sessions end.
+    ResetPassword {
+        username: String,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -96,6 +123,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::WrenchSim(args) => wrench_sim(args),
+        Command::User(command) => user(command),
         Command::Run { config } => {
             let loaded = match &config {
                 Some(path) => Config::load(path).and_then(|c| c.check_files().map(|()| c)),
@@ -125,6 +153,101 @@ fn main() -> ExitCode {
                     tracing::error!("stationd stopped: {err:#}");
                     ExitCode::from(EXIT_FAILURE)
                 }
+            }
+        }
+    }
+}
+
+fn user(command: UserCommand) -> ExitCode {
+    use stationd::auth::{Role, check_password_rules, check_username, hash_password, random_password};
+    use stationd::storage::{Db, NewUser, UserChange, UserUpdate};
+
+    let config_path = match &command {
+        UserCommand::Add { config, .. } | UserCommand::ResetPassword { config, .. } => config.clone(),
+    };
+    let config = match &config_path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded_defaults()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("stationd user: config error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let fail = |message: String| {
+        eprintln!("stationd user: {message}");
+        ExitCode::from(EXIT_FAILURE)
+    };
+    let mut db = match Db::open_for_users(&config.state_dir) {
+        Ok(db) => db,
+        Err(err) => return fail(format!("cannot open the database in {}: {err}", config.state_dir.display())),
+    };
+    let now = chrono::Utc::now();
+    let show = |username: &str, password: &str| {
+        #[allow(clippy::print_stdout, reason = "printing the new password is this command's job")]
+        {
+            println!("user {username}: password {password}");
+        }
+    };
+    match command {
+        UserCommand::Add { username, role, password_stdin, .. } => {
+            let Some(role) = Role::parse(&role) else {
+                return fail(format!("role {role:?} is not one of admin, engineer, operator"));
+            };
+            if let Err(reason) = check_username(&username) {
+                return fail(reason);
+            }
+            let (password, generated) = if password_stdin {
+                let mut line = String::new();
+                if let Err(err) = std::io::stdin().read_line(&mut line) {
+                    return fail(format!("cannot read the password from stdin: {err}"));
+                }
+                (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+            } else {
+                (random_password(), true)
+            };
+            if let Err(reason) = check_password_rules(&username, &password) {
+                return fail(reason);
+            }
+            let new =
+                NewUser { username: username.clone(), email: None, role, password_hash: hash_password(&password) };
+            match db.insert_user(new, now) {
+                Ok(Some(_)) => {
+                    let _ =
+                        db.audit(now, None, None, "user_created", &format!("command line: user {username} ({role})"));
+                    if generated {
+                        show(&username, &password);
+                    } else {
+                        eprintln!("user {username} ({role}) added");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => fail(format!("user {username:?} exists")),
+                Err(err) => fail(err.to_string()),
+            }
+        }
+        UserCommand::ResetPassword { username, .. } => {
+            let user = match db.user_by_name(&username) {
+                Ok(Some(user)) => user,
+                Ok(None) => return fail(format!("no user {username:?}")),
+                Err(err) => return fail(err.to_string()),
+            };
+            let password = random_password();
+            let update = UserUpdate {
+                password_hash: Some(hash_password(&password)),
+                active: Some(true),
+                ..UserUpdate::default()
+            };
+            match db.update_user(&user.id, update, now) {
+                Ok(UserChange::Done(_)) => {
+                    let _ = db.audit(now, None, None, "password_reset", &format!("command line: user {username}"));
+                    show(&username, &password);
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => fail(format!("no user {username:?}")),
+                Err(err) => fail(err.to_string()),
             }
         }
     }

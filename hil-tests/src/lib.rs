@@ -5,6 +5,10 @@
 //! value names a rig file `rigs/<name>.toml` describing a bench whose daemon is already
 //! installed and running (systemd). Scenarios assert only through public interfaces.
 //!
+//! The suite logs in like any client: in sim mode as a user it adds with `stationd user
+//! add` before starting the daemon; on a bench as `STATIOND_USER` / `STATIOND_PASSWORD`
+//! (an admin or engineer of that station; never written in a rig file).
+//!
 //! The HTTP client is a few lines over `TcpStream` on purpose: the suite must build on a
 //! bench PC quickly and has no need for TLS or pooling.
 
@@ -73,6 +77,8 @@ pub struct Rig {
     /// chip stands in: inputs are driven through its inject endpoint and outputs read
     /// from `GET /api/v1/system/gpio`.
     pub gpio: Option<GpioLoopback>,
+    /// The access token the requests carry.
+    token: String,
     sim: bool,
     child: Option<Child>,
     state_dir: Option<PathBuf>,
@@ -91,6 +97,9 @@ impl Answer {
     }
 }
 
+/// The admin the sim-mode daemon is given before it starts.
+const SIM_USER: (&str, &str) = ("hil", "bench-suite-pass-42");
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("hil-tests sits in the repository").to_owned()
 }
@@ -98,7 +107,20 @@ fn repo_root() -> PathBuf {
 impl Rig {
     pub fn from_env() -> Rig {
         let under_test = std::env::var("STATIOND_UNDER_TEST").unwrap_or_else(|_| "sim".to_owned());
-        if under_test == "sim" { Rig::sim() } else { Rig::bench(&under_test) }
+        let mut rig = if under_test == "sim" { Rig::sim() } else { Rig::bench(&under_test) };
+        let (user, password) = if rig.sim {
+            (SIM_USER.0.to_owned(), SIM_USER.1.to_owned())
+        } else {
+            let var = |name: &str| {
+                std::env::var(name).unwrap_or_else(|_| panic!("set {name} to log in to the bench's daemon"))
+            };
+            (var("STATIOND_USER"), var("STATIOND_PASSWORD"))
+        };
+        let body = serde_json::json!({"username": user, "password": password}).to_string();
+        let answer = rig.request("POST", "/api/v1/auth/login", Some("application/json"), body.as_bytes());
+        assert_eq!(answer.status, 200, "login as {user}: {}", String::from_utf8_lossy(&answer.body));
+        rig.token = answer.json()["access_token"].as_str().expect("an access token").to_owned();
+        rig
     }
 
     fn bench(name: &str) -> Rig {
@@ -112,6 +134,7 @@ impl Rig {
             wrench: file.wrench,
             wrench_pset: file.wrench_pset.unwrap_or(1),
             gpio: file.gpio,
+            token: String::new(),
             sim: false,
             child: None,
             state_dir: None,
@@ -137,6 +160,14 @@ impl Rig {
         );
         let config_path = state_dir.join("stationd.toml");
         std::fs::write(&config_path, config).unwrap();
+        let mut add = Command::new(&bin)
+            .args(["user", "add", SIM_USER.0, "--role", "admin", "--password-stdin", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        add.stdin.take().unwrap().write_all(format!("{}\n", SIM_USER.1).as_bytes()).unwrap();
+        assert!(add.wait().unwrap().success(), "stationd user add");
         let mut child = Command::new(&bin)
             .args(["run", "--config"])
             .arg(&config_path)
@@ -171,6 +202,7 @@ impl Rig {
                     .map(|(d, o)| (d.to_owned(), LampWire { output: o.to_owned(), chip: "sim".to_owned(), offset: 0 }))
                     .collect(),
             }),
+            token: String::new(),
             sim: true,
             child: Some(child),
             state_dir: Some(state_dir),
@@ -186,6 +218,9 @@ impl Rig {
         );
         if let Some(content_type) = content_type {
             head.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        if !self.token.is_empty() {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", self.token));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();

@@ -14,6 +14,7 @@ mod pipelines;
 mod retention;
 mod schema;
 mod tightenings;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
 pub use retention::{Cleanup, StorageUsage, spawn as spawn_retention};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
+pub use users::{AuditEntry, NewUser, UserChange, UserRecord, UserUpdate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -188,6 +190,16 @@ pub struct Db {
     outbox: bool,
 }
 
+fn connect(state_dir: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(state_dir.join("stationd.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(conn)
+}
+
 impl Db {
     /// Opens (creating if needed) `<state_dir>/stationd.db` and `<state_dir>/images`,
     /// applies migrations, checks integrity and removes orphan images.
@@ -195,12 +207,7 @@ impl Db {
         std::fs::create_dir_all(state_dir)?;
         let images_root = state_dir.join("images");
         std::fs::create_dir_all(&images_root)?;
-        let mut conn = Connection::open(state_dir.join("stationd.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        conn.pragma_update(None, "busy_timeout", 5000)?;
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let mut conn = connect(state_dir)?;
         let started = Instant::now();
         let check: String = conn.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
         if check != "ok" {
@@ -219,6 +226,16 @@ impl Db {
             "storage open"
         );
         Ok(db)
+    }
+
+    /// Opens the database for the `stationd user` commands, which may run beside the
+    /// daemon: migrations only, no integrity check and no sweep of the image store (an
+    /// image whose row the daemon is about to commit is not an orphan).
+    pub fn open_for_users(state_dir: &Path) -> Result<Db, StorageError> {
+        std::fs::create_dir_all(state_dir)?;
+        let mut conn = connect(state_dir)?;
+        schema::migrate(&mut conn)?;
+        Ok(Db { conn, images_root: state_dir.join("images"), outbox: false })
     }
 
     pub fn images_root(&self) -> &Path {

@@ -148,6 +148,35 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE outbox;
     ALTER TABLE outbox_v4 RENAME TO outbox;
     CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
+    // 5: REST users, their refresh tokens (hashed), and the audit log.
+    "CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        email         TEXT,
+        role          TEXT NOT NULL CHECK (role IN ('admin', 'engineer', 'operator')),
+        password_hash TEXT NOT NULL,
+        active        INTEGER NOT NULL DEFAULT 1,
+        -- Access tokens carry the generation they were issued in; a password change or a
+        -- deactivation bumps it, voiding them all.
+        token_generation INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE refresh_tokens (
+        token_hash    TEXT PRIMARY KEY,
+        user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
+    CREATE TABLE audit_log (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms  INTEGER NOT NULL,
+        actor  TEXT,
+        client TEXT,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

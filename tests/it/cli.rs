@@ -88,3 +88,35 @@ fn wrench_sim_plays_a_controller() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn user_add_and_reset_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stationd.toml");
+    let text = stationd::config::EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", dir.path().join("state").display().to_string()));
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+
+    let (code, out) = stationd(&["user", "add", "erik", "--role", "engineer", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    let password = out.trim().strip_prefix("user erik: password ").expect("the made password is printed");
+    assert_eq!(password.len(), 20);
+    let (code, out) = stationd(&["user", "add", "Erik", "--role", "operator", "--config", config]);
+    assert_eq!((code, out.trim()), (1, "stationd user: user \"Erik\" exists"));
+    let (code, out) = stationd(&["user", "add", "root", "--role", "superuser", "--config", config]);
+    assert_eq!((code, out.trim()), (1, "stationd user: role \"superuser\" is not one of admin, engineer, operator"));
+
+    let (code, out) = stationd(&["user", "reset-password", "erik", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert_ne!(out.trim().strip_prefix("user erik: password "), Some(password), "a new password");
+    let (code, out) = stationd(&["user", "reset-password", "nobody", "--config", config]);
+    assert_eq!((code, out.trim()), (1, "stationd user: no user \"nobody\""));
+
+    let state = dir.path().join("state");
+    let db = stationd::storage::Db::open_for_users(&state).unwrap();
+    let erik = db.user_by_name("erik").unwrap().unwrap();
+    assert_eq!((erik.role, erik.token_generation), (stationd::auth::Role::Engineer, 1));
+    let log: Vec<String> = db.audit_log(10, None).unwrap().into_iter().map(|e| e.detail).collect();
+    assert_eq!(log, ["command line: user erik", "command line: user erik (engineer)"]);
+}

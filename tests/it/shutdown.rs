@@ -18,7 +18,8 @@ async fn shutdown_mid_cycle_loses_no_committed_record() {
     // Send the headers and half the body, then wait until the server is serving it.
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /api/v1/inspect HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/v1/inspect HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        daemon.token,
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -9,13 +9,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stationd::app::RunningApp;
+use stationd::auth::Role;
 use stationd::config::{Config, EMBEDDED_DEFAULTS};
 
 pub struct Daemon {
     pub app: RunningApp,
     pub addr: SocketAddr,
+    /// An admin's access token, sent with every request of the helpers below.
+    pub token: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
+
+/// The test admin, made in the database before the daemon starts.
+pub const ADMIN: (&str, &str) = ("tester", "test-password-1");
 
 /// The embedded defaults, with state under `state_dir` and the API on an ephemeral port.
 pub fn test_config(state_dir: &std::path::Path) -> Config {
@@ -25,7 +31,9 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
         .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
         .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
         // The demo's simulated wrench produces results on a timer; tests drive their own.
-        .replace("sim_interval_ms = 5000\n", "");
+        .replace("sim_interval_ms = 5000\n", "")
+        // Tests call faster than an HMI; the limits have their own test.
+        + "\n[auth]\nrequests_per_minute = 100000\nlogins_per_minute = 1000\n";
     Config::from_toml_str(&text).expect("test config is valid")
 }
 
@@ -48,19 +56,37 @@ impl Daemon {
     }
 
     pub async fn start_with(config: Config) -> Daemon {
+        add_user(&config, ADMIN.0, ADMIN.1, Role::Admin);
         let app = stationd::app::start(config).await.expect("daemon starts");
         app.wait_ready().await.expect("daemon gets ready");
+        Daemon::logged_in(app).await
+    }
+
+    async fn logged_in(app: RunningApp) -> Daemon {
         let addr = app.api_addr;
-        Daemon { app, addr, client: Client::builder(TokioExecutor::new()).build_http() }
+        let mut daemon =
+            Daemon { app, addr, token: String::new(), client: Client::builder(TokioExecutor::new()).build_http() };
+        let (status, body) = daemon.login(ADMIN.0, ADMIN.1).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        daemon.token = body["access_token"].as_str().expect("an access token").to_owned();
+        daemon
+    }
+
+    /// POST /api/v1/auth/login.
+    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, serde_json::Value) {
+        let body = serde_json::json!({"username": username, "password": password}).to_string().into_bytes();
+        let (status, _, body) =
+            self.request_as(None, Method::POST, "/api/v1/auth/login", Some("application/json"), body).await;
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
 
     /// Starts without waiting for every service to be ready: start-up is over when none is
     /// still starting (some may be degraded).
     pub async fn start_settled(config: Config) -> Daemon {
+        add_user(&config, ADMIN.0, ADMIN.1, Role::Admin);
         let app = stationd::app::start(config).await.expect("daemon starts");
         app.readiness.wait_all_settled().await;
-        let addr = app.api_addr;
-        Daemon { app, addr, client: Client::builder(TokioExecutor::new()).build_http() }
+        Daemon::logged_in(app).await
     }
 
     pub async fn shutdown(self) -> bool {
@@ -74,7 +100,22 @@ impl Daemon {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        self.request_as(Some(&self.token), method, path, content_type, body).await
+    }
+
+    /// A request with another bearer token, or none.
+    pub async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
         let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(content_type) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
         }
@@ -87,7 +128,10 @@ impl Daemon {
 
     /// A GET whose body is read by the caller (a stream).
     pub async fn get_streaming(&self, path: &str) -> hyper::Response<hyper::body::Incoming> {
-        let request = Request::get(format!("http://{}{path}", self.addr)).body(Full::new(Bytes::new())).unwrap();
+        let request = Request::get(format!("http://{}{path}", self.addr))
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         self.client.request(request).await.expect("request")
     }
 
@@ -134,6 +178,18 @@ impl Daemon {
             .await;
         (status, serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}")))
     }
+}
+
+/// Adds a user to the daemon's database, as `stationd user add` does.
+pub fn add_user(config: &Config, username: &str, password: &str, role: Role) {
+    let mut db = stationd::storage::Db::open_for_users(&config.state_dir).expect("database opens");
+    let new = stationd::storage::NewUser {
+        username: username.to_owned(),
+        email: None,
+        role,
+        password_hash: stationd::auth::hash_password(password),
+    };
+    db.insert_user(new, chrono::Utc::now()).expect("user stored");
 }
 
 pub fn multipart(file: &[u8], content_type: &str, fields: &[(&str, &str)]) -> (&'static str, Vec<u8>) {

@@ -25,7 +25,10 @@ where
 async fn pushes_stats_inspections_and_pings_and_closes_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path()).await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", daemon.addr)).await.unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?access_token={}", daemon.addr, daemon.token))
+            .await
+            .unwrap();
 
     let hello = next_json(&mut socket).await;
     assert_eq!(hello["type"], "stats");

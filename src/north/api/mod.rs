@@ -2,6 +2,7 @@
 //! that refuses new connections and lets in-flight requests (and so in-flight inspection
 //! cycles) finish.
 
+pub mod auth;
 mod cameras;
 pub(crate) mod dto;
 mod error;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub image_retention: Option<std::time::Duration>,
     /// The core's notifications, for the WebSocket.
     pub notifications: tokio::sync::broadcast::Sender<crate::bus::Notification>,
+    /// Tokens, the user directory and the rate limits.
+    pub auth: Arc<auth::AuthState>,
 }
 
 impl ApiState {
@@ -71,6 +74,15 @@ pub fn router(state: ApiState) -> Router {
     let upload_limit = state.max_upload_bytes + MULTIPART_OVERHEAD;
     let api = Router::new()
         .route("/health", get(routes::health))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/me", get(auth::me))
+        .route("/users", get(auth::list_users).post(auth::create_user))
+        .route("/users/me", axum::routing::put(auth::update_me))
+        .route("/users/me/password", axum::routing::put(auth::change_my_password))
+        .route("/users/{id}", get(auth::get_user).put(auth::update_user).delete(auth::delete_user))
+        .route("/audit", get(auth::audit_log))
         .route("/ready", get(routes::ready))
         .route("/inspect", post(routes::inspect_upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/inspect/camera", post(routes::inspect_camera))
@@ -121,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", api)
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))
         .with_state(state)
 }
@@ -155,7 +168,8 @@ pub async fn serve(listener: TcpListener, mut state: ApiState, ctx: ServiceConte
     tracing::info!(%addr, "REST API listening");
     ctx.set_ready();
     let token = ctx.token.clone();
-    axum::serve(listener, router(state))
+    // The peer address keys the per-client rate limits and goes in the audit log.
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
         .map_err(ServiceError::new)
