@@ -10,6 +10,7 @@ mod modbus;
 mod model;
 mod mqtt;
 mod opcua;
+mod packaging;
 mod pipelines;
 mod shutdown;
 mod support;
