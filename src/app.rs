@@ -148,10 +148,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         wrench::spawn(&mut supervisor, configured, storage.clone(), bus.events.clone())
     };
 
-    let mqtt_handle = config.mqtt.clone().map(|mqtt| {
-        let readiness = supervisor.readiness();
-        mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications, readiness)
-    });
+    let mqtt_handle = config
+        .mqtt
+        .clone()
+        .map(|mqtt| mqtt::spawn(&mut supervisor, mqtt, mqtt_tls, &station_ids, storage.clone(), &bus.notifications));
     let inspector = Inspector::new(
         inference,
         storage.clone(),
@@ -213,6 +213,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         }
         None => (None, None),
     };
+    let alert_sources = crate::alerts::Sources {
+        storage: storage.clone(),
+        snapshots: bus.snapshots.clone(),
+        readiness: supervisor.readiness(),
+        notifications: bus.notifications.clone(),
+        state_dir: config.state_dir.clone(),
+    };
+    crate::alerts::spawn(&mut supervisor, config.alerts.clone(), alert_sources);
     let listener =
         api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
     let api_addr = listener.local_addr()?;

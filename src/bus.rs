@@ -80,6 +80,8 @@ pub enum Effect {
 pub enum Notification {
     InspectionCompleted(Arc<InspectionSummary>),
     TighteningCompleted(Arc<TighteningSummary>),
+    /// An alert was raised, escalated or cleared (from the `alerts` service, not the core).
+    Alert(Arc<crate::storage::AlertRecord>),
 }
 
 /// A consistent read-side view of the station, replaced whole after every event.
@@ -96,6 +98,8 @@ pub struct StationSnapshot {
     pub uncertain_count: u64,
     /// 0..=100 over the last hour; `None` when nothing was inspected in that hour.
     pub pass_rate_1h: Option<f64>,
+    /// Decisions in that hour.
+    pub inspections_1h: usize,
     pub last: Option<Arc<InspectionSummary>>,
 }
 

@@ -30,6 +30,7 @@ pub struct Config {
     pub log_filter: String,
     pub api: ApiConfig,
     pub auth: AuthConfig,
+    pub alerts: crate::alerts::AlertsConfig,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -384,6 +385,87 @@ pub(crate) struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default = "default_pass_rate_target_percent")]
+    pass_rate_target_percent: f64,
+    #[serde(default = "default_pass_rate_min_inspections")]
+    pass_rate_min_inspections: u32,
+    #[serde(default = "default_disk_free_min_percent")]
+    disk_free_min_percent: f64,
+    #[serde(default = "default_outbox_backlog_max")]
+    outbox_backlog_max: u64,
+    #[serde(default = "default_check_interval_s")]
+    check_interval_s: u64,
+    #[serde(default = "default_keep_cleared_days")]
+    keep_cleared_days: u32,
+}
+
+impl Default for RawAlerts {
+    fn default() -> RawAlerts {
+        RawAlerts {
+            pass_rate_target_percent: default_pass_rate_target_percent(),
+            pass_rate_min_inspections: default_pass_rate_min_inspections(),
+            disk_free_min_percent: default_disk_free_min_percent(),
+            outbox_backlog_max: default_outbox_backlog_max(),
+            check_interval_s: default_check_interval_s(),
+            keep_cleared_days: default_keep_cleared_days(),
+        }
+    }
+}
+
+fn default_pass_rate_target_percent() -> f64 {
+    90.0
+}
+fn default_pass_rate_min_inspections() -> u32 {
+    20
+}
+fn default_disk_free_min_percent() -> f64 {
+    10.0
+}
+fn default_outbox_backlog_max() -> u64 {
+    1000
+}
+fn default_check_interval_s() -> u64 {
+    10
+}
+fn default_keep_cleared_days() -> u32 {
+    90
+}
+
+impl RawAlerts {
+    fn validate(self) -> Result<crate::alerts::AlertsConfig, ConfigError> {
+        if !(0.0..=100.0).contains(&self.pass_rate_target_percent) {
+            return Err(ConfigError::invalid("alerts.pass_rate_target_percent", "must be between 0 and 100"));
+        }
+        if self.pass_rate_min_inspections == 0 {
+            return Err(ConfigError::invalid("alerts.pass_rate_min_inspections", "must be at least 1"));
+        }
+        if !(0.0..=90.0).contains(&self.disk_free_min_percent) {
+            return Err(ConfigError::invalid("alerts.disk_free_min_percent", "must be between 0 and 90"));
+        }
+        if !(1..=3600).contains(&self.check_interval_s) {
+            return Err(ConfigError::invalid("alerts.check_interval_s", "must be between 1 and 3600"));
+        }
+        if !(1..=3650).contains(&self.keep_cleared_days) {
+            return Err(ConfigError::invalid("alerts.keep_cleared_days", "must be between 1 and 3650"));
+        }
+        Ok(crate::alerts::AlertsConfig {
+            rules: crate::core::alerts::AlertRules {
+                pass_rate_target: self.pass_rate_target_percent,
+                pass_rate_min_inspections: self.pass_rate_min_inspections as usize,
+                disk_free_min_percent: self.disk_free_min_percent,
+                outbox_backlog_max: self.outbox_backlog_max,
+            },
+            check_interval: Duration::from_secs(self.check_interval_s),
+            keep_cleared: Duration::from_secs(u64::from(self.keep_cleared_days) * 86_400),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1042,6 +1124,7 @@ impl RawConfig {
             log_filter: self.log.filter,
             api: ApiConfig { bind, max_upload_bytes: self.api.max_upload_mb as usize * 1024 * 1024 },
             auth: self.auth.validate()?,
+            alerts: self.alerts.validate()?,
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1390,6 +1473,7 @@ mod tests {
             "opcua.users.",
             "wrenches.",
             "auth",
+            "alerts",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1401,6 +1485,12 @@ mod tests {
             ("auth", "refresh_token_hours"),
             ("auth", "requests_per_minute"),
             ("auth", "logins_per_minute"),
+            ("alerts", "pass_rate_target_percent"),
+            ("alerts", "pass_rate_min_inspections"),
+            ("alerts", "disk_free_min_percent"),
+            ("alerts", "outbox_backlog_max"),
+            ("alerts", "check_interval_s"),
+            ("alerts", "keep_cleared_days"),
             ("inference", "model_dir"),
             ("inference", "threads"),
             ("inference", "pass_threshold"),

@@ -12,9 +12,12 @@
 //! - [`south`]: device adapters (cameras).
 //! - [`north`]: plant-facing interfaces (REST API).
 //! - [`supervisor`]: named services, readiness, phased shutdown.
+//! - [`alerts`]: the alert rules' service (observe, evaluate, store, announce).
+//! - [`auth`]: users' roles, passwords and tokens.
 //! - [`app`]: the composition root that wires all of the above.
 //! - [`telemetry`]: logging to journald or stderr.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod bus;

@@ -126,6 +126,28 @@ impl Readiness {
             .collect()
     }
 
+    /// Resolves at the next change of any service's state (a service that has ended no
+    /// longer changes).
+    pub async fn changed(&self) {
+        let mut receivers: Vec<watch::Receiver<ServiceState>> = {
+            let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            services.iter().map(|(_, rx)| rx.clone()).collect()
+        };
+        let waits = receivers.iter_mut().map(|rx| {
+            rx.borrow_and_update();
+            Box::pin(async move {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+        let waits: Vec<_> = waits.collect();
+        if waits.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures_util::future::select_all(waits).await;
+    }
+
     /// Resolves when every service is ready.
     pub async fn wait_all_ready(&self) {
         self.wait_all(|state| *state == ServiceState::Ready).await;

@@ -6,6 +6,7 @@
 //! `Core::handle(event, now) -> Vec<Effect>` is the whole interface; `core_task.rs` runs
 //! it as the single owner of station state.
 
+pub mod alerts;
 pub mod decision;
 pub mod monitor;
 pub mod outputs;
@@ -94,6 +95,7 @@ impl Core {
                     fail_count: state.stats.fail_count,
                     uncertain_count: state.stats.uncertain_count,
                     pass_rate_1h: state.stats.pass_rate(now),
+                    inspections_1h: state.stats.window_len(now),
                     last: state.last.clone(),
                 };
                 (id.clone(), snapshot)

@@ -9,6 +9,7 @@
 //! only after `COMMIT` returned. That answer is what callers acknowledge upstream on
 //! (HTTP 201, and later the PLC's ResultsValid and the wrench's MID 0062).
 
+mod alerts;
 mod images;
 mod pipelines;
 mod retention;
@@ -29,6 +30,7 @@ use crate::core::StationHistory;
 use crate::core::decision::{Decision, Detection};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
+pub use alerts::{AlertFilter, AlertRecord};
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
 pub use retention::{Cleanup, StorageUsage, spawn as spawn_retention};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};

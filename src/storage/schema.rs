@@ -177,6 +177,21 @@ const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
+    // 6: alerts raised by the alert rules; one active (uncleared) row per key.
+    "CREATE TABLE alerts (
+        id                 TEXT PRIMARY KEY,
+        key                TEXT NOT NULL,
+        station_id         TEXT,
+        severity           TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
+        title              TEXT NOT NULL,
+        message            TEXT NOT NULL,
+        raised_at_ms       INTEGER NOT NULL,
+        cleared_at_ms      INTEGER,
+        acknowledged_by    TEXT,
+        acknowledged_at_ms INTEGER
+    );
+    CREATE UNIQUE INDEX alerts_active_key ON alerts (key) WHERE cleared_at_ms IS NULL;
+    CREATE INDEX alerts_raised ON alerts (raised_at_ms);",
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,7 @@
 //! The integration test binary (one binary, ripgrep-style): boots the whole daemon
 //! in-process with sim backends on 127.0.0.1:0 and talks to it over real sockets.
 
+mod alerts;
 mod api;
 mod auth;
 mod cameras;

@@ -383,3 +383,44 @@ pub struct CleanupDto {
     pub images_removed: u64,
     pub bytes_freed: u64,
 }
+
+/// An alert, in the inspection seed's shape (`id, severity, title, message, timestamp,
+/// acknowledged`) plus what a station adds: the rule and what it concerns (`source`), the
+/// station, whether it is still active, and who acknowledged it when.
+#[derive(Serialize)]
+pub struct AlertDto {
+    pub id: String,
+    pub severity: &'static str,
+    pub title: String,
+    pub message: String,
+    pub rule: String,
+    pub source: String,
+    pub station_id: Option<String>,
+    pub timestamp: String,
+    pub active: bool,
+    pub cleared_at: Option<String>,
+    pub acknowledged: bool,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<String>,
+}
+
+impl From<&crate::storage::AlertRecord> for AlertDto {
+    fn from(a: &crate::storage::AlertRecord) -> AlertDto {
+        let (rule, source) = a.key.split_once(':').unwrap_or((&a.key, &a.key));
+        AlertDto {
+            id: a.id.clone(),
+            severity: a.severity.as_str(),
+            title: a.title.clone(),
+            message: a.message.clone(),
+            rule: rule.to_owned(),
+            source: source.to_owned(),
+            station_id: a.station_id.clone(),
+            timestamp: rfc3339(a.raised_at),
+            active: a.cleared_at.is_none(),
+            cleared_at: a.cleared_at.map(rfc3339),
+            acknowledged: a.acknowledged_at.is_some(),
+            acknowledged_by: a.acknowledged_by.clone(),
+            acknowledged_at: a.acknowledged_at.map(rfc3339),
+        }
+    }
+}

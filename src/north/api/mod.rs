@@ -2,6 +2,7 @@
 //! that refuses new connections and lets in-flight requests (and so in-flight inspection
 //! cycles) finish.
 
+mod alerts;
 pub mod auth;
 mod cameras;
 pub(crate) mod dto;
@@ -83,6 +84,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/users/me/password", axum::routing::put(auth::change_my_password))
         .route("/users/{id}", get(auth::get_user).put(auth::update_user).delete(auth::delete_user))
         .route("/audit", get(auth::audit_log))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
         .route("/ready", get(routes::ready))
         .route("/inspect", post(routes::inspect_upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/inspect/camera", post(routes::inspect_camera))

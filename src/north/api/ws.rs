@@ -1,7 +1,8 @@
 //! `GET /api/v1/ws`: the dashboard's push channel, in the inspection seed's message shapes
 //! (`{"type", "data"}`): `stats` on connect and after every result, `ping` with the
 //! current stats every 5 s, `inspection` with the same JSON as
-//! `GET /api/v1/inspections/{id}`, and `tightening` with that of `/tightenings/{id}`.
+//! `GET /api/v1/inspections/{id}`, `tightening` with that of `/tightenings/{id}`, and
+//! `alert` with that of `/alerts` when an alert is raised, escalated or cleared.
 //!
 //! Each connection is its own task reading the core's notifications; a client too slow to
 //! keep up skips what it missed (it reads the lists to catch up) and is told so with a
@@ -16,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiState;
-use super::dto::{InspectionDto, StationDto, TighteningDto};
+use super::dto::{AlertDto, InspectionDto, StationDto, TighteningDto};
 use crate::bus::Notification;
 
 /// How often a `ping` with the current stats goes out.
@@ -29,6 +30,7 @@ enum Push {
     Stats(Vec<StationDto>),
     Inspection(Box<InspectionDto>),
     Tightening(Box<TighteningDto>),
+    Alert(Box<AlertDto>),
     Lagged { missed: u64 },
 }
 
@@ -77,6 +79,7 @@ async fn serve(state: ApiState, mut socket: WebSocket) {
                         _ => continue,
                     }
                 }
+                Ok(Notification::Alert(alert)) => Push::Alert(Box::new(AlertDto::from(&*alert))),
                 Err(RecvError::Lagged(missed)) => Push::Lagged { missed },
                 Err(RecvError::Closed) => break,
             },

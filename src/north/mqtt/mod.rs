@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::bus::Notification;
 use crate::config::MqttConfig;
 use crate::storage::{OutboxRecord, Storage};
-use crate::supervisor::{Phase, Readiness, ServiceContext, ServiceError, Supervisor};
+use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
 pub fn inspection_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/inspection")
@@ -112,7 +112,6 @@ pub fn spawn(
     station_ids: &[String],
     storage: Storage,
     notifications: &broadcast::Sender<Notification>,
-    readiness: Readiness,
 ) -> MqttHandle {
     let config = Arc::new(config);
     let mut links = BTreeMap::new();
@@ -126,8 +125,6 @@ pub fn spawn(
             storage: storage.clone(),
             link: link_tx,
             last_backlog_warning: None,
-            readiness: readiness.clone(),
-            degraded: BTreeMap::new(),
             alerts: VecDeque::new(),
         };
         let notifications = notifications.subscribe();
@@ -143,10 +140,6 @@ struct Publisher {
     storage: Storage,
     link: watch::Sender<LinkState>,
     last_backlog_warning: Option<Instant>,
-    /// Services are watched for device-down alerts.
-    readiness: Readiness,
-    /// Degraded services already alerted on, with their reason.
-    degraded: BTreeMap<String, String>,
     /// Alerts waiting for a connection (in memory: an alert is about now).
     alerts: VecDeque<Vec<u8>>,
 }
@@ -280,6 +273,16 @@ impl Publisher {
                         Ok(Notification::TighteningCompleted(summary)) => {
                             summary.station_id.as_deref() == Some(self.station_id.as_str())
                         }
+                        Ok(Notification::Alert(alert)) => {
+                            // Station-wide alerts (devices, disk) go to every station's topic.
+                            if alert.station_id.as_deref().is_none_or(|s| s == self.station_id) {
+                                self.queue_alert(payload::alert_record(alert));
+                                if let Err(reason) = self.send_alerts(&client, &mut conn) {
+                                    return Ended::Lost(reason);
+                                }
+                            }
+                            false
+                        }
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => false,
                     };
@@ -377,26 +380,11 @@ impl Publisher {
         Ok(())
     }
 
-    fn raise(&mut self, severity: payload::Severity, title: &str, message: &str, source: &str) {
+    fn queue_alert(&mut self, payload: Vec<u8>) {
         if self.alerts.len() == MAX_PENDING_ALERTS {
             self.alerts.pop_front();
         }
-        self.alerts.push_back(payload::alert(severity, title, message, source));
-    }
-
-    /// Device down / recovered alerts from the services' readiness.
-    fn watch_devices(&mut self) {
-        let now = self.readiness.degraded();
-        for (service, reason) in &now {
-            if self.degraded.get(service) != Some(reason) {
-                self.raise(payload::Severity::Error, "Device down", reason, service);
-            }
-        }
-        let recovered: Vec<String> = self.degraded.keys().filter(|s| !now.contains_key(*s)).cloned().collect();
-        for service in recovered {
-            self.raise(payload::Severity::Info, "Device recovered", &format!("{service} is ready again"), &service);
-        }
-        self.degraded = now;
+        self.alerts.push_back(payload);
     }
 
     fn send_alerts(&mut self, client: &AsyncClient, conn: &mut Connection) -> Result<(), String> {
@@ -411,9 +399,8 @@ impl Publisher {
         Ok(())
     }
 
-    /// Retention, the backlog warning and device alerts.
+    /// Retention and the backlog warning.
     async fn housekeeping(&mut self) {
-        self.watch_devices();
         let (station_id, config) = (self.station_id.clone(), self.config.clone());
         let outcome = self
             .storage
@@ -434,7 +421,12 @@ impl Publisher {
                     let message = format!(
                         "{dropped} undelivered messages (inspections, tightenings) dropped by the outbox retention"
                     );
-                    self.raise(payload::Severity::Critical, "MQTT messages dropped", &message, "mqtt");
+                    self.queue_alert(payload::alert(
+                        payload::Severity::Critical,
+                        "MQTT messages dropped",
+                        &message,
+                        "mqtt",
+                    ));
                 }
                 let due = self.last_backlog_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
                 if backlog > self.config.outbox_warn_rows && due {

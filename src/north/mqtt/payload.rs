@@ -49,8 +49,6 @@ pub(super) fn inspection(record: &InspectionRecord, station_seq: i64) -> Vec<u8>
 /// Severity of an alert, as the inspection seed's alerts use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Severity {
-    Info,
-    Error,
     Critical,
 }
 
@@ -71,8 +69,6 @@ pub(super) fn alert(severity: Severity, title: &str, message: &str, source: &str
     let message = AlertMessage {
         id: uuid::Uuid::new_v4().to_string(),
         severity: match severity {
-            Severity::Info => "info",
-            Severity::Error => "error",
             Severity::Critical => "critical",
         },
         title,
@@ -82,4 +78,9 @@ pub(super) fn alert(severity: Severity, title: &str, message: &str, source: &str
         acknowledged: false,
     };
     serde_json::to_vec(&message).expect("plain data serialises")
+}
+
+/// An alert of the alert rules: the REST JSON of `GET /api/v1/alerts`.
+pub(super) fn alert_record(alert: &crate::storage::AlertRecord) -> Vec<u8> {
+    serde_json::to_vec(&crate::north::api::dto::AlertDto::from(alert)).expect("plain data serialises")
 }
