@@ -34,11 +34,16 @@ pub struct Sources {
     pub state_dir: PathBuf,
 }
 
-pub fn spawn(supervisor: &mut Supervisor, config: AlertsConfig, sources: Sources) {
+/// `config` may change at run time (`PUT /api/v1/config`): the next evaluation uses it.
+pub fn spawn(supervisor: &mut Supervisor, config: watch::Receiver<AlertsConfig>, sources: Sources) {
     supervisor.spawn("alerts", Phase::Publish, move |ctx| run(config, sources, ctx));
 }
 
-async fn run(config: AlertsConfig, sources: Sources, ctx: ServiceContext) -> Result<(), ServiceError> {
+async fn run(
+    mut config: watch::Receiver<AlertsConfig>,
+    sources: Sources,
+    ctx: ServiceContext,
+) -> Result<(), ServiceError> {
     let active = match sources.storage.call(|db| db.active_alerts()).await {
         Ok(active) => active,
         Err(StorageError::Stopped) => return Ok(()),
@@ -47,7 +52,7 @@ async fn run(config: AlertsConfig, sources: Sources, ctx: ServiceContext) -> Res
     let mut book =
         AlertBook::restore(active.iter().filter_map(|a| AlertKey::parse(&a.key).map(|key| (key, a.severity))));
     let mut notifications = sources.notifications.subscribe();
-    let mut ticker = tokio::time::interval(config.check_interval);
+    let mut ticker = tokio::time::interval(config.borrow_and_update().check_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut observation = Observation::default();
     let mut last_prune = None;
@@ -55,11 +60,17 @@ async fn run(config: AlertsConfig, sources: Sources, ctx: ServiceContext) -> Res
     loop {
         tokio::select! {
             () = ctx.token.cancelled() => return Ok(()),
+            Ok(()) = config.changed() => {
+                ticker = tokio::time::interval(config.borrow_and_update().check_interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                continue;
+            }
             _ = ticker.tick() => {
                 observation = observe(&sources).await;
                 if last_prune.is_none_or(|at: tokio::time::Instant| at.elapsed() >= Duration::from_secs(3600)) {
                     last_prune = Some(tokio::time::Instant::now());
-                    let cutoff = Utc::now() - chrono::TimeDelta::from_std(config.keep_cleared).unwrap_or(chrono::TimeDelta::MAX);
+                    let keep = config.borrow().keep_cleared;
+                    let cutoff = Utc::now() - chrono::TimeDelta::from_std(keep).unwrap_or(chrono::TimeDelta::MAX);
                     if let Err(err) = sources.storage.call(move |db| db.prune_alerts(cutoff)).await {
                         tracing::warn!(cause = %err, "pruning old alerts failed");
                     }
@@ -76,7 +87,8 @@ async fn run(config: AlertsConfig, sources: Sources, ctx: ServiceContext) -> Res
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
         }
-        for change in book.evaluate(&config.rules, &observation, Utc::now()) {
+        let rules = config.borrow().rules.clone();
+        for change in book.evaluate(&rules, &observation, Utc::now()) {
             if let Err(err) = record(&sources, change).await {
                 if matches!(err, StorageError::Stopped) {
                     return Ok(());

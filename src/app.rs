@@ -220,7 +220,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
     };
-    crate::alerts::spawn(&mut supervisor, config.alerts.clone(), alert_sources);
+    let (alerts_config, alerts_config_rx) = watch::channel(config.alerts.clone());
+    crate::alerts::spawn(&mut supervisor, alerts_config_rx, alert_sources);
     let listener =
         api::bind(config.api.bind).await.with_context(|| format!("cannot bind the REST API to {}", config.api.bind))?;
     let api_addr = listener.local_addr()?;
@@ -229,6 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         api::auth::prepare(&storage, &config.auth).await.context("cannot prepare the REST API's users")?;
     let state = ApiState {
         auth,
+        config_file: Arc::new(api::config::ConfigFile::new(&config, alerts_config)),
         inspector,
         readiness: supervisor.readiness(),
         snapshots: bus.snapshots.clone(),

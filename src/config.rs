@@ -24,6 +24,8 @@ pub const EMBEDDED_DEFAULTS: &str = include_str!("../etc/stationd.dev.toml");
 /// Validated configuration, immutable for the life of the process.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file this was loaded from; `None` for the embedded defaults (or text).
+    pub source: Option<PathBuf>,
     /// Root of everything the daemon writes: the SQLite database and the image store.
     pub state_dir: PathBuf,
     pub shutdown_deadline: Duration,
@@ -316,7 +318,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::from_toml_str(&text)
+        let mut config = Config::from_toml_str(&text)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     pub fn embedded_defaults() -> Config {
@@ -1119,6 +1123,7 @@ impl RawConfig {
         }
 
         Ok(Config {
+            source: None,
             state_dir: self.state_dir,
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             log_filter: self.log.filter,

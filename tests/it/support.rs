@@ -25,7 +25,12 @@ pub const ADMIN: (&str, &str) = ("tester", "test-password-1");
 
 /// The embedded defaults, with state under `state_dir` and the API on an ephemeral port.
 pub fn test_config(state_dir: &std::path::Path) -> Config {
-    let text = EMBEDDED_DEFAULTS
+    Config::from_toml_str(&test_config_text(state_dir)).expect("test config is valid")
+}
+
+/// `test_config` as TOML text, for tests that write a config file.
+pub fn test_config_text(state_dir: &std::path::Path) -> String {
+    EMBEDDED_DEFAULTS
         .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state_dir.display().to_string()))
         .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
         .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
@@ -33,8 +38,7 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
         // The demo's simulated wrench produces results on a timer; tests drive their own.
         .replace("sim_interval_ms = 5000\n", "")
         // Tests call faster than an HMI; the limits have their own test.
-        + "\n[auth]\nrequests_per_minute = 100000\nlogins_per_minute = 1000\n";
-    Config::from_toml_str(&text).expect("test config is valid")
+        + "\n[auth]\nrequests_per_minute = 100000\nlogins_per_minute = 1000\n"
 }
 
 /// `test_config` with state under `dir/state` and camera `cam0` pointed at an empty

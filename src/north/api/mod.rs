@@ -5,6 +5,7 @@
 mod alerts;
 pub mod auth;
 mod cameras;
+pub mod config;
 pub(crate) mod dto;
 mod error;
 mod gpio;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub notifications: tokio::sync::broadcast::Sender<crate::bus::Notification>,
     /// Tokens, the user directory and the rate limits.
     pub auth: Arc<auth::AuthState>,
+    /// The configuration file, for `GET`/`PUT /api/v1/config`.
+    pub config_file: Arc<config::ConfigFile>,
 }
 
 impl ApiState {
@@ -84,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/users/me/password", axum::routing::put(auth::change_my_password))
         .route("/users/{id}", get(auth::get_user).put(auth::update_user).delete(auth::delete_user))
         .route("/audit", get(auth::audit_log))
+        .route("/config", get(config::get).put(config::put))
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
         .route("/ready", get(routes::ready))
