@@ -12,6 +12,7 @@ mod modbus;
 mod model;
 mod mqtt;
 mod opcua;
+mod openapi;
 mod packaging;
 mod pipelines;
 mod shutdown;

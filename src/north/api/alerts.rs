@@ -14,11 +14,13 @@ use super::ApiState;
 use super::auth::Caller;
 use super::dto::AlertDto;
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use crate::bus::Notification;
 use crate::core::alerts::Severity;
 use crate::storage::AlertFilter;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AlertQuery {
     severity: Option<String>,
@@ -27,11 +29,19 @@ pub struct AlertQuery {
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     alerts: Vec<AlertDto>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    params(AlertQuery),
+    responses((status = 200, description = "done", body = AlertList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<AlertQuery>, QueryRejection>,
@@ -53,6 +63,14 @@ pub async fn list(
     Ok(Json(AlertList { alerts: alerts.iter().map(AlertDto::from).collect() }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/acknowledge",
+    tag = "alerts",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = AlertDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn acknowledge(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,

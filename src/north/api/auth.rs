@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::wrenches::json_error;
 use crate::auth::{Role, Tokens};
 use crate::config::AuthConfig;
@@ -138,8 +140,15 @@ impl AuthState {
 /// changes for engineers, users and the audit log for admins; operators may also inspect,
 /// acknowledge alerts and manage their own account.
 pub fn required_role(method: &Method, route: &str) -> Option<Role> {
-    const PUBLIC: [&str; 5] =
-        ["/api/v1/health", "/api/v1/ready", "/metrics", "/api/v1/auth/login", "/api/v1/auth/refresh"];
+    const PUBLIC: [&str; 7] = [
+        "/api/v1/health",
+        "/api/v1/ready",
+        "/metrics",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/openapi.json",
+        "/docs",
+    ];
     const OPERATOR_CHANGES: [&str; 6] = [
         "/api/v1/inspect",
         "/api/v1/inspect/camera",
@@ -295,7 +304,7 @@ impl ClientAddr {
 
 // ---- DTOs ----
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserDto {
     id: String,
     username: String,
@@ -321,7 +330,7 @@ impl From<&UserRecord> for UserDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -331,12 +340,12 @@ pub struct TokenPair {
     user: UserDto,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserList {
     users: Vec<UserDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditDto {
     seq: i64,
     at: DateTime<Utc>,
@@ -346,7 +355,7 @@ pub struct AuditDto {
     detail: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditList {
     entries: Vec<AuditDto>,
 }
@@ -359,7 +368,7 @@ impl From<AuditEntry> for AuditDto {
 
 // ---- handlers ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     username: String,
@@ -368,6 +377,13 @@ pub struct LoginBody {
 
 /// POST /api/v1/auth/login. Failures are audit-logged and answer the same 401 whether the
 /// user is unknown, disabled or the password wrong.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginBody,
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+)]
 pub async fn login(
     State(state): State<ApiState>,
     axum::Extension(client): axum::Extension<ClientAddr>,
@@ -420,7 +436,7 @@ async fn issue(state: &ApiState, user: UserRecord) -> Result<TokenPair, ApiError
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
@@ -428,6 +444,13 @@ pub struct RefreshBody {
 
 /// POST /api/v1/auth/refresh: a new access token and a new refresh token; the one sent is
 /// used up.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    request_body = RefreshBody,
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+)]
 pub async fn refresh(
     State(state): State<ApiState>,
     body: Result<Json<RefreshBody>, JsonRejection>,
@@ -449,6 +472,14 @@ pub async fn refresh(
 }
 
 /// POST /api/v1/auth/logout {refresh_token}: revokes it. The access token lapses on its own.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    request_body = RefreshBody,
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn logout(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -461,6 +492,13 @@ pub async fn logout(
 }
 
 /// GET /api/v1/auth/me.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn me(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -470,18 +508,33 @@ pub async fn me(
 }
 
 /// GET /api/v1/users.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses((status = 200, description = "done", body = UserList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list_users(State(state): State<ApiState>) -> Result<Json<UserList>, ApiError> {
     let users = state.inspector.storage.call(|db| db.users()).await?;
     Ok(Json(UserList { users: users.iter().map(UserDto::from).collect() }))
 }
 
 /// GET /api/v1/users/{id}.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_user(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<UserDto>, ApiError> {
     let user = state.inspector.storage.call(move |db| db.user(&id)).await?;
     user.map(|u| Json(UserDto::from(&u))).ok_or_else(|| ApiError::not_found("no such user"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUserBody {
     username: String,
@@ -529,6 +582,14 @@ async fn audit(
 }
 
 /// POST /api/v1/users (admin): 201 with the user; 409 when the name is taken.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = NewUserBody,
+    responses((status = 201, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn create_user(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -554,7 +615,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(UserDto::from(&user))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserBody {
     #[serde(default)]
@@ -570,6 +631,15 @@ pub struct UpdateUserBody {
 
 /// PUT /api/v1/users/{id} (admin): email, role, active, password; 409 for a change that
 /// would leave no active admin.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path)),
+    request_body = UpdateUserBody,
+    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn update_user(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -627,6 +697,14 @@ async fn apply_change(state: &ApiState, id: &str, update: UserUpdate) -> Result<
 }
 
 /// DELETE /api/v1/users/{id} (admin): 204; 409 for the last active admin.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn delete_user(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -648,13 +726,21 @@ pub async fn delete_user(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeBody {
     email: Option<String>,
 }
 
 /// PUT /api/v1/users/me {email}: the caller's own email.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/me",
+    tag = "users",
+    request_body = UpdateMeBody,
+    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn update_me(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -666,7 +752,7 @@ pub async fn update_me(
     apply_change(&state, &caller.id, update).await.map(|u| Json(UserDto::from(&u)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     current_password: String,
@@ -675,6 +761,14 @@ pub struct PasswordBody {
 
 /// PUT /api/v1/users/me/password: needs the current password; voids the caller's other
 /// tokens (log in again).
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/me/password",
+    tag = "users",
+    request_body = PasswordBody,
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn change_my_password(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -701,7 +795,7 @@ pub async fn change_my_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     limit: Option<u32>,
@@ -709,6 +803,14 @@ pub struct AuditQuery {
 }
 
 /// GET /api/v1/audit?limit=&before= (admin): newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "users",
+    params(AuditQuery),
+    responses((status = 200, description = "done", body = AuditList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn audit_log(
     State(state): State<ApiState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::routes::query_error;
 use super::wrenches::{Envelope, json_error, ok};
 use crate::config::{CameraBackend, CameraDevice, PixelFormat};
@@ -29,7 +31,7 @@ const MAX_STREAM_FPS: f64 = 15.0;
 const DEFAULT_STREAM_FPS: f64 = 5.0;
 const BOUNDARY: &str = "stationd-frame";
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CameraDto {
     id: String,
     /// "sim" (an image folder, replayed) or "v4l2".
@@ -54,12 +56,27 @@ fn camera<'a>(state: &'a ApiState, id: &str) -> Result<&'a CameraHandle, ApiErro
 }
 
 /// GET /api/v1/cameras
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras",
+    tag = "cameras",
+    responses((status = 200, description = "done", body = Envelope<Vec<CameraDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<CameraDto>>> {
     let cameras = state.inspector.cameras().values().map(|handle| describe(&state, handle)).collect();
     ok(cameras)
 }
 
 /// GET /api/v1/cameras/{id}
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}",
+    tag = "cameras",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = Envelope<CameraDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Envelope<CameraDto>>, ApiError> {
     Ok(ok(describe(&state, camera(&state, &id)?)))
 }
@@ -111,12 +128,20 @@ async fn capture_jpeg(handle: &CameraHandle) -> Result<Bytes, ApiError> {
 }
 
 /// GET /api/v1/cameras/{id}/frame: the newest frame as image/jpeg.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}/frame",
+    tag = "cameras",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "a fresh frame", content_type = "image/jpeg", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn frame(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let jpeg = capture_jpeg(camera(&state, &id)?).await?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     fps: Option<f64>,
@@ -124,6 +149,14 @@ pub struct StreamQuery {
 
 /// GET /api/v1/cameras/{id}/stream?fps=5: MJPEG until the client goes away or the daemon
 /// stops. A frame that fails to capture ends the stream (the client reconnects).
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}/stream",
+    tag = "cameras",
+    params(("id" = String, Path), StreamQuery),
+    responses((status = 200, description = "MJPEG, multipart/x-mixed-replace, at most 15 fps", content_type = "multipart/x-mixed-replace", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn stream(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -188,7 +221,7 @@ fn multipart_part(jpeg: &[u8]) -> Bytes {
     part.into()
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfigBody {
     /// "1280x720", or `width` and `height`.
@@ -214,6 +247,14 @@ impl From<CameraSettings> for CameraConfigBody {
 }
 
 /// GET /api/v1/cameras/{id}/config: the settings in force (null: the source's own).
+#[utoipa::path(
+    get,
+    path = "/api/v1/cameras/{id}/config",
+    tag = "cameras",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_config(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -224,6 +265,15 @@ pub async fn get_config(
 
 /// PUT /api/v1/cameras/{id}/config: changes what the camera allows, until the daemon
 /// restarts (the config file holds the start-up settings).
+#[utoipa::path(
+    put,
+    path = "/api/v1/cameras/{id}/config",
+    tag = "cameras",
+    params(("id" = String, Path)),
+    request_body = CameraConfigBody,
+    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn put_config(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 use super::ApiState;
 use super::auth::{Caller, ClientAddr};
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::wrenches::json_error;
 use crate::config::{Config, EMBEDDED_DEFAULTS};
 
@@ -67,7 +69,7 @@ impl ConfigFile {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConfigView {
     /// The file, or `null` for the embedded defaults.
     path: Option<String>,
@@ -76,6 +78,13 @@ pub struct ConfigView {
     restart_required: Vec<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/config",
+    tag = "config",
+    responses((status = 200, description = "done", body = ConfigView), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get(State(state): State<ApiState>) -> Result<Json<ConfigView>, ApiError> {
     let file = &state.config_file;
     let on_disk: toml::Table =
@@ -87,7 +96,7 @@ pub async fn get(State(state): State<ApiState>) -> Result<Json<ConfigView>, ApiE
     Ok(Json(ConfigView { path: file.path.as_ref().map(|p| p.display().to_string()), config, restart_required }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConfigChange {
     status: &'static str,
     changed: Vec<String>,
@@ -97,6 +106,14 @@ pub struct ConfigChange {
     restart_required: Vec<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/config",
+    tag = "config",
+    request_body(content = Object, description = "the tables and keys to change; null removes a key"),
+    responses((status = 200, description = "done", body = ConfigChange), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn put(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,

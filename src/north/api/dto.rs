@@ -8,27 +8,27 @@ use serde::Serialize;
 use crate::bus::StationSnapshot;
 use crate::storage::{InspectionRecord, Statistics, TrendBucket, TrendInterval};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: &'static str,
     pub version: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Ready {
     /// "ready", "starting" or "degraded".
     pub status: &'static str,
     pub services: BTreeMap<String, ServiceStateDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ServiceStateDto {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DetectionDto {
     pub class_name: String,
     pub confidence: f32,
@@ -37,13 +37,13 @@ pub struct DetectionDto {
     pub area_mm2: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelRef {
     pub name: String,
     pub version: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct InspectionDto {
     pub id: String,
     pub seq: i64,
@@ -105,7 +105,7 @@ fn round2(ms: f64) -> f64 {
     (ms * 100.0).round() / 100.0
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct InspectionList {
     pub total: u64,
     pub limit: u32,
@@ -113,7 +113,7 @@ pub struct InspectionList {
     pub inspections: Vec<InspectionDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatisticsDto {
     pub total_inspections: u64,
     pub passed: u64,
@@ -144,7 +144,7 @@ impl StatisticsDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TrendsDto {
     pub labels: Vec<String>,
     pub total: Vec<u64>,
@@ -168,7 +168,7 @@ impl TrendsDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StationDto {
     pub station_id: String,
     pub pass_count: u64,
@@ -179,7 +179,7 @@ pub struct StationDto {
     pub last_inspection: Option<LastInspectionDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LastInspectionDto {
     pub id: String,
     pub seq: i64,
@@ -209,19 +209,19 @@ impl StationDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StationList {
     pub stations: Vec<StationDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MqttStatusDto {
     pub enabled: bool,
     pub broker: Option<String>,
     pub stations: Vec<MqttStationDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MqttStationDto {
     pub station_id: String,
     pub connected: bool,
@@ -234,7 +234,7 @@ pub struct MqttStationDto {
 }
 
 /// The inspection seed's OPC-UA status shape.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OpcuaStatusDto {
     pub enabled: bool,
     pub running: bool,
@@ -245,7 +245,7 @@ pub struct OpcuaStatusDto {
 
 /// A stored tightening, as `GET /api/v1/tightenings` and the MQTT tightening topic give it.
 /// Torques are the controller's integer hundredths shown as decimals of `torque_unit`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TighteningDto {
     pub id: i64,
     pub wrench_id: String,
@@ -314,7 +314,7 @@ impl From<&crate::storage::TighteningRecord> for TighteningDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TighteningList {
     pub items: Vec<TighteningDto>,
     pub total: u64,
@@ -323,7 +323,7 @@ pub struct TighteningList {
 }
 
 /// A raised anomaly of a continuous pipeline (REST and MQTT).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PipelineEventDto {
     pub id: String,
     pub pipeline_id: String,
@@ -353,7 +353,7 @@ impl From<&crate::storage::PipelineEvent> for PipelineEventDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StorageDto {
     pub state_dir: String,
     pub database_bytes: u64,
@@ -365,20 +365,20 @@ pub struct StorageDto {
     pub image_retention_days: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ImagesDto {
     pub count: u64,
     pub bytes: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RecordsDto {
     pub inspections: u64,
     pub tightenings: u64,
     pub pipeline_events: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CleanupDto {
     pub images_removed: u64,
     pub bytes_freed: u64,
@@ -387,7 +387,7 @@ pub struct CleanupDto {
 /// An alert, in the inspection seed's shape (`id, severity, title, message, timestamp,
 /// acknowledged`) plus what a station adds: the rule and what it concerns (`source`), the
 /// station, whether it is still active, and who acknowledged it when.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AlertDto {
     pub id: String,
     pub severity: &'static str,

@@ -16,9 +16,9 @@ pub struct ApiError {
     pub detail: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    detail: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub detail: &'a str,
 }
 
 impl ApiError {

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::wrenches::{Envelope, json_error, ok};
 use crate::core::outputs::OutputCommand;
 use crate::south::gpio::{Direction, GpioError, GpioHandle, LineStatus};
@@ -36,7 +38,7 @@ fn gpio(state: &ApiState) -> Result<&GpioHandle, ApiError> {
     state.gpio.as_ref().ok_or_else(|| ApiError::not_found("this station has no GPIO lines configured ([gpio])"))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LineDto {
     name: String,
     direction: &'static str,
@@ -74,12 +76,19 @@ impl From<LineStatus> for LineDto {
 }
 
 /// GET /api/v1/system/gpio
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/gpio",
+    tag = "gpio",
+    responses((status = 200, description = "done", body = Envelope<Vec<LineDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn lines(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<LineDto>>>, ApiError> {
     let lines = gpio(&state)?.status().await?;
     Ok(ok(lines.into_iter().map(LineDto::from).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetOutput {
     /// The logical level to drive.
@@ -90,6 +99,15 @@ pub struct SetOutput {
 }
 
 /// POST /api/v1/system/gpio/{name}/set {"active": true} | {"pulse": true}
+#[utoipa::path(
+    post,
+    path = "/api/v1/system/gpio/{name}/set",
+    tag = "gpio",
+    params(("name" = String, Path)),
+    request_body = SetOutput,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn set_output(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -105,7 +123,7 @@ pub async fn set_output(
     Ok(ok(""))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Inject {
     /// "active", "inactive", or "pulse" (active, held past the debounce, then inactive).
@@ -115,6 +133,15 @@ pub struct Inject {
 }
 
 /// POST /api/v1/system/gpio/{name}/inject {"level": "pulse"}: sim backend only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/system/gpio/{name}/inject",
+    tag = "gpio",
+    params(("name" = String, Path)),
+    request_body = Inject,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn inject(
     State(state): State<ApiState>,
     Path(name): Path<String>,

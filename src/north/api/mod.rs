@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod dto;
 mod error;
 mod gpio;
+pub mod openapi;
 mod pipelines;
 mod routes;
 mod wrenches;
@@ -139,6 +140,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
         .fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), count_in_flight))

@@ -17,6 +17,8 @@ use uuid::Uuid;
 use super::ApiState;
 use super::dto::{PipelineEventDto, rfc3339};
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::routes::query_error;
 use super::wrenches::json_error;
 use crate::pipelines::{PipelineError, Pipelines, RunStatus};
@@ -38,7 +40,7 @@ fn pipelines(state: &ApiState) -> &Pipelines {
     &state.pipelines
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigBody {
     /// Anomaly score at or above which a frame counts; null: the model's rule.
@@ -49,7 +51,7 @@ pub struct ConfigBody {
     confirm_window: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkBody {
     #[serde(rename = "type")]
@@ -60,7 +62,7 @@ pub struct SinkBody {
     config: serde_json::Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WebhookConfig {
     url: String,
@@ -69,15 +71,16 @@ struct WebhookConfig {
     headers: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FilesystemConfig {
+    #[schema(value_type = String)]
     output_dir: PathBuf,
     #[serde(default = "yes")]
     save_images: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MqttConfig {}
 
@@ -133,7 +136,7 @@ fn sink_to_body(sink: &Sink) -> SinkBody {
     SinkBody { kind: kind.to_owned(), name: sink.name.clone(), config }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PipelineDto {
     id: String,
     name: String,
@@ -167,7 +170,7 @@ impl From<&PipelineSpec> for PipelineDto {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineBody {
     name: Option<String>,
@@ -220,6 +223,14 @@ fn pipeline_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// POST /api/v1/pipelines
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines",
+    tag = "pipelines",
+    request_body = PipelineBody,
+    responses((status = 201, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<ApiState>,
     body: Result<Json<PipelineBody>, JsonRejection>,
@@ -249,6 +260,13 @@ pub async fn create(
 }
 
 /// GET /api/v1/pipelines
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines",
+    tag = "pipelines",
+    responses((status = 200, description = "done", body = Vec<PipelineDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<PipelineDto>>, ApiError> {
     let specs = state.inspector.storage.call(|db| db.pipelines()).await?;
     Ok(Json(specs.iter().map(PipelineDto::from).collect()))
@@ -261,6 +279,14 @@ async fn load(state: &ApiState, id: &str) -> Result<PipelineSpec, ApiError> {
 }
 
 /// GET /api/v1/pipelines/{id}
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/{id}",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<PipelineDto>, ApiError> {
     Ok(Json(PipelineDto::from(&load(&state, &id).await?)))
 }
@@ -273,6 +299,15 @@ fn running(spec: &PipelineSpec) -> Result<(), ApiError> {
 }
 
 /// PATCH /api/v1/pipelines/{id}: only while it is not running.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/pipelines/{id}",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    request_body = PipelineBody,
+    responses((status = 200, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn patch(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -288,6 +323,14 @@ pub async fn patch(
 }
 
 /// DELETE /api/v1/pipelines/{id}: only while it is not running; its anomalies stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pipelines/{id}",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let spec = load(&state, &id).await?;
     running(&spec)?;
@@ -295,13 +338,21 @@ pub async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     limit: Option<u32>,
 }
 
 /// GET /api/v1/pipelines/{id}/events?limit=50: raised anomalies, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/{id}/events",
+    tag = "pipelines",
+    params(("id" = String, Path), EventsQuery),
+    responses((status = 200, description = "done", body = Vec<PipelineEventDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn events(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -317,7 +368,7 @@ pub async fn events(
     Ok(Json(events.iter().map(PipelineEventDto::from).collect()))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MetricsDto {
     frames_processed: u64,
     anomalies_detected: u64,
@@ -325,7 +376,7 @@ pub struct MetricsDto {
     last_anomaly_score: Option<f32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RunDto {
     id: String,
     pipeline_id: String,
@@ -354,17 +405,32 @@ impl From<RunStatus> for RunDto {
 }
 
 /// GET /api/v1/active-pipelines
+#[utoipa::path(
+    get,
+    path = "/api/v1/active-pipelines",
+    tag = "pipelines",
+    responses((status = 200, description = "done", body = Vec<RunDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn active(State(state): State<ApiState>) -> Result<Json<Vec<RunDto>>, ApiError> {
     Ok(Json(pipelines(&state).runs().await?.into_iter().map(RunDto::from).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
     pipeline_id: String,
 }
 
 /// POST /api/v1/active-pipelines {"pipeline_id"}: 201 with the run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/active-pipelines",
+    tag = "pipelines",
+    request_body = StartBody,
+    responses((status = 201, description = "done", body = RunDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn start(
     State(state): State<ApiState>,
     body: Result<Json<StartBody>, JsonRejection>,
@@ -381,6 +447,14 @@ pub async fn start(
 }
 
 /// DELETE /api/v1/active-pipelines/{id}
+#[utoipa::path(
+    delete,
+    path = "/api/v1/active-pipelines/{id}",
+    tag = "pipelines",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn stop(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found(format!("no active pipeline {id}")))?;
     pipelines(&state).stop(id).await?;

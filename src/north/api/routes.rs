@@ -21,15 +21,29 @@ use super::dto::{
     StationList, StatisticsDto, TrendsDto,
 };
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use crate::core::decision::Decision;
 use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
 use crate::storage::{ListFilter, TrendInterval};
 use crate::supervisor::ServiceState;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "health",
+    responses((status = 200, description = "the daemon runs", body = Health))
+)]
 pub async fn health() -> Json<Health> {
     Json(Health { status: "healthy", version: env!("CARGO_PKG_VERSION") })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/ready",
+    tag = "health",
+    responses((status = 200, description = "every service is ready", body = Ready), (status = 503, description = "starting or degraded: the services and why", body = Ready))
+)]
 pub async fn ready(State(state): State<ApiState>) -> Response {
     let report = state.readiness.report();
     let degraded = report.iter().any(|(_, s)| matches!(s, ServiceState::Degraded(_)));
@@ -59,6 +73,14 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
 /// Largest station_id / part_id form values, bytes.
 const MAX_TEXT_FIELD: usize = 128;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/inspect",
+    tag = "inspections",
+    request_body(content_type = "multipart/form-data", description = "fields: file (jpeg, png, bmp, tiff or webp), station_id, part_id"),
+    responses((status = 201, description = "inspected and committed; Location names the record", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 413, description = "upload too large", body = ErrorBody), (status = 415, description = "unsupported media type", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn inspect_upload(
     State(state): State<ApiState>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
@@ -119,13 +141,21 @@ pub async fn inspect_upload(
     created(state.inspector.inspect(request).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct CameraQuery {
     station_id: Option<String>,
     part_id: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/inspect/camera",
+    tag = "inspections",
+    params(CameraQuery),
+    responses((status = 201, description = "captured, inspected and committed", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn inspect_camera(
     State(state): State<ApiState>,
     query: Result<Query<CameraQuery>, QueryRejection>,
@@ -216,7 +246,7 @@ fn decision_from(text: Option<&str>) -> Result<Option<Decision>, ApiError> {
     .transpose()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     station_id: Option<String>,
@@ -227,6 +257,14 @@ pub struct ListQuery {
 
 pub const MAX_LIST_LIMIT: u32 = 500;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/inspections",
+    tag = "inspections",
+    params(ListQuery),
+    responses((status = 200, description = "done", body = InspectionList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list_inspections(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -243,6 +281,14 @@ pub async fn list_inspections(
     Ok(Json(InspectionList { total, limit, offset, inspections: records.iter().map(InspectionDto::from).collect() }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/inspections/{id}",
+    tag = "inspections",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_inspection(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -252,6 +298,14 @@ pub async fn get_inspection(
     record.map(|r| Json(InspectionDto::from(&r))).ok_or_else(|| ApiError::not_found(format!("no inspection {id}")))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/inspections/{id}",
+    tag = "inspections",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn delete_inspection(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -265,6 +319,14 @@ pub async fn delete_inspection(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/inspections/{id}/image",
+    tag = "inspections",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the stored image, in its format", content_type = "image/*", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn inspection_image(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -285,7 +347,7 @@ pub async fn inspection_image(
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct StatisticsQuery {
     hours: Option<u32>,
@@ -298,6 +360,14 @@ fn hours_from(hours: Option<u32>, default: u32) -> Result<u32, ApiError> {
     if (1..=168).contains(&hours) { Ok(hours) } else { Err(ApiError::unprocessable("hours must be between 1 and 168")) }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/statistics",
+    tag = "inspections",
+    params(StatisticsQuery),
+    responses((status = 200, description = "done", body = StatisticsDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn statistics(
     State(state): State<ApiState>,
     query: Result<Query<StatisticsQuery>, QueryRejection>,
@@ -316,6 +386,14 @@ pub async fn statistics(
     Ok(Json(StatisticsDto::new(stats, hours, query.station_id)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/statistics/trends",
+    tag = "inspections",
+    params(StatisticsQuery),
+    responses((status = 200, description = "done", body = TrendsDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn trends(
     State(state): State<ApiState>,
     query: Result<Query<StatisticsQuery>, QueryRejection>,
@@ -334,7 +412,7 @@ pub async fn trends(
     Ok(Json(TrendsDto::new(buckets, interval)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     station_id: Option<String>,
@@ -346,6 +424,14 @@ pub struct ExportQuery {
 /// the history is.
 const EXPORT_PAGE: u32 = 500;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/inspections/export",
+    tag = "inspections",
+    params(ExportQuery),
+    responses((status = 200, description = "the records as CSV", content_type = "text/csv", body = String), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn export_csv(
     State(state): State<ApiState>,
     query: Result<Query<ExportQuery>, QueryRejection>,
@@ -431,12 +517,26 @@ fn csv_chunk(records: &[crate::storage::InspectionRecord], with_header: bool) ->
     writer.into_inner().map_err(|err| std::io::Error::other(err.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/stations",
+    tag = "inspections",
+    responses((status = 200, description = "done", body = StationList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
     let snapshot = state.snapshots.borrow().clone();
     let stations = snapshot.stations.iter().map(|(id, s)| StationDto::new(id, s)).collect();
     Json(StationList { stations })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/mqtt/status",
+    tag = "plant interfaces",
+    responses((status = 200, description = "done", body = MqttStatusDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatusDto>, ApiError> {
     let Some(mqtt) = &state.mqtt else {
         return Ok(Json(MqttStatusDto { enabled: false, broker: None, stations: Vec::new() }));
@@ -458,6 +558,13 @@ pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatu
     Ok(Json(MqttStatusDto { enabled: true, broker: Some(mqtt.broker.clone()), stations }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/opcua/status",
+    tag = "plant interfaces",
+    responses((status = 200, description = "done", body = OpcuaStatusDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn opcua_status(State(state): State<ApiState>) -> Json<OpcuaStatusDto> {
     let station_count = state.inspector.station_ids().count();
     Json(match &state.opcua {
@@ -478,6 +585,12 @@ pub async fn not_found() -> ApiError {
 
 /// GET /metrics: Prometheus text exposition. Device and backlog gauges are read from the
 /// services' own state at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String))
+)]
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let metrics = &state.metrics;
     for (service, service_state) in state.readiness.report() {
@@ -508,6 +621,13 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 }
 
 /// GET /api/v1/storage: what the state directory holds, by kind.
+#[utoipa::path(
+    get,
+    path = "/api/v1/storage",
+    tag = "storage",
+    responses((status = 200, description = "done", body = super::dto::StorageDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn storage(State(state): State<ApiState>) -> Result<Json<super::dto::StorageDto>, ApiError> {
     use super::dto::{ImagesDto, RecordsDto, StorageDto};
     let usage = state.inspector.storage.call(|db| db.usage()).await?;
@@ -526,7 +646,7 @@ pub async fn storage(State(state): State<ApiState>) -> Result<Json<super::dto::S
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupBody {
     /// Images of inspections older than this many days go; their records stay.
@@ -534,6 +654,14 @@ pub struct CleanupBody {
 }
 
 /// POST /api/v1/storage/cleanup {"older_than_days": 30}
+#[utoipa::path(
+    post,
+    path = "/api/v1/storage/cleanup",
+    tag = "storage",
+    request_body = CleanupBody,
+    responses((status = 200, description = "done", body = super::dto::CleanupDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn storage_cleanup(
     State(state): State<ApiState>,
     body: Result<Json<CleanupBody>, axum::extract::rejection::JsonRejection>,

@@ -21,12 +21,14 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::dto::{TighteningDto, TighteningList, hundredths, rfc3339};
 use super::error::ApiError;
+#[allow(unused_imports, reason = "named by the OpenAPI attributes")]
+use super::error::ErrorBody;
 use super::routes::query_error;
 use crate::south::wrench::{Command, LinkState, WrenchError, WrenchSettings, WrenchStatus, Wrenches};
 use crate::storage::TighteningFilter;
 
 /// The seed's envelope.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Envelope<T: Serialize> {
     status: &'static str,
     msg: T,
@@ -58,7 +60,7 @@ pub(super) fn json_error(err: JsonRejection) -> ApiError {
     )
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ControllerDto {
     name: Option<String>,
     serial_number: Option<String>,
@@ -66,7 +68,7 @@ pub struct ControllerDto {
     software_version: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LastTighteningDto {
     tightening_id: u64,
     status: &'static str,
@@ -78,7 +80,7 @@ pub struct LastTighteningDto {
     received_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WrenchDto {
     id: String,
     address: String,
@@ -184,11 +186,18 @@ fn pick(wrenches: &Wrenches, address: Option<&str>) -> Result<String, ApiError> 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wrenches",
+    tag = "wrenches",
+    responses((status = 200, description = "done", body = Envelope<Vec<WrenchDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<WrenchDto>>> {
     ok(all(&state.wrenches))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
     address: String,
@@ -202,7 +211,7 @@ pub struct ConnectRequest {
 }
 
 /// What `connection_parameters` may carry; anything else is refused by name.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionParameters {
     id: Option<String>,
@@ -214,6 +223,14 @@ pub struct ConnectionParameters {
 /// Longest wait for a new link to come up before answering 202.
 const MAX_CONNECT_WAIT: Duration = Duration::from_secs(30);
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/connect",
+    tag = "wrenches",
+    request_body = ConnectRequest,
+    responses((status = 200, description = "connected", body = Envelope<WrenchDto>), (status = 202, description = "connecting", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn connect(
     State(state): State<ApiState>,
     body: Result<Json<ConnectRequest>, JsonRejection>,
@@ -284,12 +301,20 @@ pub async fn connect(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressBody {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/disconnect",
+    tag = "wrenches",
+    request_body = AddressBody,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn disconnect(
     State(state): State<ApiState>,
     body: Result<Json<AddressBody>, JsonRejection>,
@@ -303,12 +328,20 @@ pub async fn disconnect(
     Ok(ok(last))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AddressQuery {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wrenches/status",
+    tag = "wrenches",
+    params(AddressQuery),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn status(
     State(state): State<ApiState>,
     query: Result<Query<AddressQuery>, QueryRejection>,
@@ -318,7 +351,7 @@ pub async fn status(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverQuery {
     /// `192.168.10.20-192.168.10.40` (IPv4, same /24 not required, at most 256 addresses).
@@ -327,7 +360,7 @@ pub struct DiscoverQuery {
     timeout_ms: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DiscoveredDto {
     address: String,
     port: u16,
@@ -338,7 +371,7 @@ pub struct DiscoveredDto {
     wrench_id: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DiscoverDto {
     configured: Vec<WrenchDto>,
     found: Vec<DiscoveredDto>,
@@ -350,6 +383,14 @@ const MAX_PROBES: u32 = 256;
 /// Probes in flight at once.
 const PROBE_CONCURRENCY: usize = 32;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wrenches/discover",
+    tag = "wrenches",
+    params(DiscoverQuery),
+    responses((status = 200, description = "done", body = Envelope<DiscoverDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn discover(
     State(state): State<ApiState>,
     query: Result<Query<DiscoverQuery>, QueryRejection>,
@@ -398,7 +439,7 @@ fn parse_range(range: &str) -> Result<Vec<std::net::Ipv4Addr>, ApiError> {
     Ok((first..=last).map(std::net::Ipv4Addr::from).collect())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToggleRequest {
     action: String,
@@ -406,6 +447,14 @@ pub struct ToggleRequest {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/toggle",
+    tag = "wrenches",
+    request_body = ToggleRequest,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn toggle(
     State(state): State<ApiState>,
     body: Result<Json<ToggleRequest>, JsonRejection>,
@@ -438,6 +487,14 @@ fn check_program(pset: u32) -> Result<u32, ApiError> {
     if (1..=999).contains(&pset) { Ok(pset) } else { Err(ApiError::unprocessable("program_nr must be 1 to 999")) }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wrenches/state",
+    tag = "wrenches",
+    params(AddressQuery),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn state(
     State(state): State<ApiState>,
     query: Result<Query<AddressQuery>, QueryRejection>,
@@ -445,7 +502,7 @@ pub async fn state(
     status(State(state), query).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramRequest {
     program_nr: u32,
@@ -455,7 +512,7 @@ pub struct ProgramRequest {
 
 /// What Open Protocol lets a client set of a Pset; the rest is programmed on the
 /// controller itself.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramSettings {
     batch_size: Option<u32>,
@@ -464,6 +521,14 @@ pub struct ProgramSettings {
     select: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/program",
+    tag = "wrenches",
+    request_body = ProgramRequest,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn program(
     State(state): State<ApiState>,
     body: Result<Json<ProgramRequest>, JsonRejection>,
@@ -486,7 +551,7 @@ pub async fn program(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceRequest {
     program_nr: u32,
@@ -495,6 +560,14 @@ pub struct SequenceRequest {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/sequence",
+    tag = "wrenches",
+    request_body = SequenceRequest,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn sequence(
     State(state): State<ApiState>,
     body: Result<Json<SequenceRequest>, JsonRejection>,
@@ -519,6 +592,14 @@ fn optional_address(body: Result<Json<AddressBody>, JsonRejection>) -> Result<Op
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/clear",
+    tag = "wrenches",
+    request_body = AddressBody,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn clear(
     State(state): State<ApiState>,
     body: Result<Json<AddressBody>, JsonRejection>,
@@ -531,6 +612,14 @@ pub async fn clear(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/cancel",
+    tag = "wrenches",
+    request_body = AddressBody,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn cancel(
     State(state): State<ApiState>,
     body: Result<Json<AddressBody>, JsonRejection>,
@@ -540,13 +629,21 @@ pub async fn cancel(
     Ok(ok(""))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VinRequest {
     vin: String,
     address: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/vin",
+    tag = "wrenches",
+    request_body = VinRequest,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn vin(
     State(state): State<ApiState>,
     body: Result<Json<VinRequest>, JsonRejection>,
@@ -563,6 +660,14 @@ pub async fn vin(
 
 /// Sets the controller's clock (MID 0082) to the station PC's local time: Open Protocol
 /// timestamps are the controller's local wall clock.
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/time",
+    tag = "wrenches",
+    request_body = AddressBody,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn set_time(
     State(state): State<ApiState>,
     body: Result<Json<AddressBody>, JsonRejection>,
@@ -573,7 +678,7 @@ pub async fn set_time(
     Ok(ok(time))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// OK tightenings to release the tool for.
@@ -582,6 +687,14 @@ pub struct ReleaseRequest {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wrenches/release",
+    tag = "wrenches",
+    request_body = ReleaseRequest,
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn release(
     State(state): State<ApiState>,
     body: Result<Json<ReleaseRequest>, JsonRejection>,
@@ -596,12 +709,20 @@ pub async fn release(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseControl {
     release_control_enabled: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/settings/release-control",
+    tag = "wrenches",
+    request_body = ReleaseControl,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn set_release_control(
     State(state): State<ApiState>,
     body: Result<Json<ReleaseControl>, JsonRejection>,
@@ -612,11 +733,18 @@ pub async fn set_release_control(
     Ok(ok(""))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/settings/release-control",
+    tag = "wrenches",
+    responses((status = 200, description = "done", body = Envelope<ReleaseControl>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_release_control(State(state): State<ApiState>) -> Json<Envelope<ReleaseControl>> {
     ok(ReleaseControl { release_control_enabled: state.wrenches.release_control() })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TorqueWrenchSettings {
     id: String,
     address: String,
@@ -629,12 +757,19 @@ pub struct TorqueWrenchSettings {
     reply_timeout_s: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TorqueSettings {
     release_control_enabled: bool,
     wrenches: Vec<TorqueWrenchSettings>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/settings/torque",
+    tag = "wrenches",
+    responses((status = 200, description = "done", body = Envelope<TorqueSettings>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_torque_settings(State(state): State<ApiState>) -> Json<Envelope<TorqueSettings>> {
     let wrenches = state
         .wrenches
@@ -656,12 +791,20 @@ pub async fn get_torque_settings(State(state): State<ApiState>) -> Json<Envelope
 }
 
 /// Only release control changes at runtime; link timings are set in the config file.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TorqueSettingsUpdate {
     release_control_enabled: Option<bool>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/settings/torque",
+    tag = "wrenches",
+    request_body = TorqueSettingsUpdate,
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn put_torque_settings(
     State(state): State<ApiState>,
     body: Result<Json<TorqueSettingsUpdate>, JsonRejection>,
@@ -677,7 +820,7 @@ pub async fn put_torque_settings(
     Ok(ok(""))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct TighteningQuery {
     wrench_id: Option<String>,
@@ -690,6 +833,14 @@ pub struct TighteningQuery {
     offset: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tightenings",
+    tag = "wrenches",
+    params(TighteningQuery),
+    responses((status = 200, description = "done", body = TighteningList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn list_tightenings(
     State(state): State<ApiState>,
     query: Result<Query<TighteningQuery>, QueryRejection>,
@@ -718,6 +869,14 @@ pub async fn list_tightenings(
     Ok(Json(TighteningList { items: records.iter().map(TighteningDto::from).collect(), total, limit, offset }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tightenings/{id}",
+    tag = "wrenches",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = TighteningDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn get_tightening(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
