@@ -34,6 +34,7 @@ pub struct AlertList {
     alerts: Vec<AlertDto>,
 }
 
+/// Alerts, newest first, filtered by severity, acknowledgement and whether still active.
 #[utoipa::path(
     get,
     path = "/api/v1/alerts",
@@ -63,6 +64,7 @@ pub async fn list(
     Ok(Json(AlertList { alerts: alerts.iter().map(AlertDto::from).collect() }))
 }
 
+/// Acknowledges an alert; the user is recorded and the change announced.
 #[utoipa::path(
     post,
     path = "/api/v1/alerts/{id}/acknowledge",

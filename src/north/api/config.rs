@@ -78,6 +78,7 @@ pub struct ConfigView {
     restart_required: Vec<String>,
 }
 
+/// The configuration file as JSON, secrets hidden, with the keys waiting for a restart.
 #[utoipa::path(
     get,
     path = "/api/v1/config",
@@ -106,6 +107,7 @@ pub struct ConfigChange {
     restart_required: Vec<String>,
 }
 
+/// Changes configuration keys: validated, written atomically, audit-logged, applied live where safe.
 #[utoipa::path(
     put,
     path = "/api/v1/config",

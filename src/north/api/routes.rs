@@ -28,6 +28,7 @@ use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
 use crate::storage::{ListFilter, TrendInterval};
 use crate::supervisor::ServiceState;
 
+/// Liveness: the daemon answers.
 #[utoipa::path(
     get,
     path = "/api/v1/health",
@@ -38,6 +39,7 @@ pub async fn health() -> Json<Health> {
     Json(Health { status: "healthy", version: env!("CARGO_PKG_VERSION") })
 }
 
+/// Readiness of every service; 503 while one is starting or degraded.
 #[utoipa::path(
     get,
     path = "/api/v1/ready",
@@ -73,6 +75,7 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
 /// Largest station_id / part_id form values, bytes.
 const MAX_TEXT_FIELD: usize = 128;
 
+/// Inspects an uploaded image; answers once the record is committed.
 #[utoipa::path(
     post,
     path = "/api/v1/inspect",
@@ -148,6 +151,7 @@ pub struct CameraQuery {
     part_id: Option<String>,
 }
 
+/// Captures a fresh frame from the station's camera and inspects it.
 #[utoipa::path(
     post,
     path = "/api/v1/inspect/camera",
@@ -257,6 +261,7 @@ pub struct ListQuery {
 
 pub const MAX_LIST_LIMIT: u32 = 500;
 
+/// Inspection records, newest first, filtered and paged.
 #[utoipa::path(
     get,
     path = "/api/v1/inspections",
@@ -281,6 +286,7 @@ pub async fn list_inspections(
     Ok(Json(InspectionList { total, limit, offset, inspections: records.iter().map(InspectionDto::from).collect() }))
 }
 
+/// One inspection record.
 #[utoipa::path(
     get,
     path = "/api/v1/inspections/{id}",
@@ -298,6 +304,7 @@ pub async fn get_inspection(
     record.map(|r| Json(InspectionDto::from(&r))).ok_or_else(|| ApiError::not_found(format!("no inspection {id}")))
 }
 
+/// Deletes an inspection record and its image.
 #[utoipa::path(
     delete,
     path = "/api/v1/inspections/{id}",
@@ -319,6 +326,7 @@ pub async fn delete_inspection(
     }
 }
 
+/// The stored image of an inspection.
 #[utoipa::path(
     get,
     path = "/api/v1/inspections/{id}/image",
@@ -360,6 +368,7 @@ fn hours_from(hours: Option<u32>, default: u32) -> Result<u32, ApiError> {
     if (1..=168).contains(&hours) { Ok(hours) } else { Err(ApiError::unprocessable("hours must be between 1 and 168")) }
 }
 
+/// Counts and pass rate over a period, per station or for all.
 #[utoipa::path(
     get,
     path = "/api/v1/statistics",
@@ -386,6 +395,7 @@ pub async fn statistics(
     Ok(Json(StatisticsDto::new(stats, hours, query.station_id)))
 }
 
+/// Counts per hour or day over a period.
 #[utoipa::path(
     get,
     path = "/api/v1/statistics/trends",
@@ -424,6 +434,7 @@ pub struct ExportQuery {
 /// the history is.
 const EXPORT_PAGE: u32 = 500;
 
+/// Inspection records as CSV.
 #[utoipa::path(
     get,
     path = "/api/v1/inspections/export",
@@ -517,6 +528,7 @@ fn csv_chunk(records: &[crate::storage::InspectionRecord], with_header: bool) ->
     writer.into_inner().map_err(|err| std::io::Error::other(err.to_string()))
 }
 
+/// Each station's live counters and rolling one-hour pass rate.
 #[utoipa::path(
     get,
     path = "/api/v1/stations",
@@ -530,6 +542,7 @@ pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
     Json(StationList { stations })
 }
 
+/// MQTT link and outbox backlog per station.
 #[utoipa::path(
     get,
     path = "/api/v1/mqtt/status",
@@ -558,6 +571,7 @@ pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatu
     Ok(Json(MqttStatusDto { enabled: true, broker: Some(mqtt.broker.clone()), stations }))
 }
 
+/// OPC-UA server endpoint and sessions.
 #[utoipa::path(
     get,
     path = "/api/v1/opcua/status",

@@ -186,6 +186,7 @@ fn pick(wrenches: &Wrenches, address: Option<&str>) -> Result<String, ApiError> 
     }
 }
 
+/// Configured and connected wrenches with their link and tool state.
 #[utoipa::path(
     get,
     path = "/api/v1/wrenches",
@@ -223,6 +224,7 @@ pub struct ConnectionParameters {
 /// Longest wait for a new link to come up before answering 202.
 const MAX_CONNECT_WAIT: Duration = Duration::from_secs(30);
 
+/// Connects a wrench controller (Open Protocol) at run time.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/connect",
@@ -307,6 +309,7 @@ pub struct AddressBody {
     address: Option<String>,
 }
 
+/// Disconnects a wrench controller.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/disconnect",
@@ -334,6 +337,7 @@ pub struct AddressQuery {
     address: Option<String>,
 }
 
+/// One wrench's link state by address.
 #[utoipa::path(
     get,
     path = "/api/v1/wrenches/status",
@@ -383,6 +387,7 @@ const MAX_PROBES: u32 = 256;
 /// Probes in flight at once.
 const PROBE_CONCURRENCY: usize = 32;
 
+/// Configured wrenches plus a bounded probe of an address range on port 4545.
 #[utoipa::path(
     get,
     path = "/api/v1/wrenches/discover",
@@ -447,6 +452,7 @@ pub struct ToggleRequest {
     address: Option<String>,
 }
 
+/// Enables, disables, locks or unlocks the tool, optionally selecting a program.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/toggle",
@@ -487,6 +493,7 @@ fn check_program(pset: u32) -> Result<u32, ApiError> {
     if (1..=999).contains(&pset) { Ok(pset) } else { Err(ApiError::unprocessable("program_nr must be 1 to 999")) }
 }
 
+/// One wrench's full state: tool, Pset, batch counter, VIN, alarm, last result.
 #[utoipa::path(
     get,
     path = "/api/v1/wrenches/state",
@@ -521,6 +528,7 @@ pub struct ProgramSettings {
     select: bool,
 }
 
+/// Selects a Pset (program) on the controller.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/program",
@@ -560,6 +568,7 @@ pub struct SequenceRequest {
     address: Option<String>,
 }
 
+/// Sets the batch size for a program.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/sequence",
@@ -592,6 +601,7 @@ fn optional_address(body: Result<Json<AddressBody>, JsonRejection>) -> Result<Op
     }
 }
 
+/// Resets the batch counter.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/clear",
@@ -612,6 +622,7 @@ pub async fn clear(
     Ok(ok(dto(&state.wrenches, &id)?))
 }
 
+/// Aborts the running job on the controller.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/cancel",
@@ -636,6 +647,7 @@ pub struct VinRequest {
     address: Option<String>,
 }
 
+/// Sends a VIN or identifier to the controller.
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/vin",
@@ -687,6 +699,7 @@ pub struct ReleaseRequest {
     address: Option<String>,
 }
 
+/// Releases the tool for a number of OK tightenings (release control).
 #[utoipa::path(
     post,
     path = "/api/v1/wrenches/release",
@@ -715,6 +728,7 @@ pub struct ReleaseControl {
     release_control_enabled: bool,
 }
 
+/// Turns release control on or off; stored across restarts.
 #[utoipa::path(
     post,
     path = "/api/v1/settings/release-control",
@@ -733,6 +747,7 @@ pub async fn set_release_control(
     Ok(ok(""))
 }
 
+/// Whether release control is on.
 #[utoipa::path(
     get,
     path = "/api/v1/settings/release-control",
@@ -763,6 +778,7 @@ pub struct TorqueSettings {
     wrenches: Vec<TorqueWrenchSettings>,
 }
 
+/// Torque settings: default Pset, batch size, tool lock.
 #[utoipa::path(
     get,
     path = "/api/v1/settings/torque",
@@ -797,6 +813,7 @@ pub struct TorqueSettingsUpdate {
     release_control_enabled: Option<bool>,
 }
 
+/// Changes the torque settings.
 #[utoipa::path(
     put,
     path = "/api/v1/settings/torque",
@@ -833,6 +850,7 @@ pub struct TighteningQuery {
     offset: Option<u32>,
 }
 
+/// Stored tightening results, newest first, filtered and paged.
 #[utoipa::path(
     get,
     path = "/api/v1/tightenings",
@@ -869,6 +887,7 @@ pub async fn list_tightenings(
     Ok(Json(TighteningList { items: records.iter().map(TighteningDto::from).collect(), total, limit, offset }))
 }
 
+/// One tightening result.
 #[utoipa::path(
     get,
     path = "/api/v1/tightenings/{id}",

@@ -36,6 +36,7 @@ enum Push {
     Lagged { missed: u64 },
 }
 
+/// The dashboard WebSocket: stats, inspections, tightenings, alerts and a ping every 5 s.
 #[utoipa::path(
     get,
     path = "/api/v1/ws",
