@@ -382,7 +382,7 @@ pub struct LoginBody {
     path = "/api/v1/auth/login",
     tag = "auth",
     request_body = LoginBody,
-    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "Invalid credentials: unknown user, wrong password or disabled user", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
 )]
 pub async fn login(
     State(state): State<ApiState>,
@@ -449,7 +449,7 @@ pub struct RefreshBody {
     path = "/api/v1/auth/refresh",
     tag = "auth",
     request_body = RefreshBody,
-    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "the refresh token is unknown, used, expired or its user disabled", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
 )]
 pub async fn refresh(
     State(state): State<ApiState>,
