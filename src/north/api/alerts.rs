@@ -47,7 +47,7 @@ pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Json<AlertList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::unprocessable(e.body_text()))?;
+    let Query(query) = query.map_err(super::routes::query_error)?;
     let severity = match query.severity.as_deref() {
         None => None,
         Some(text) => Some(Severity::parse(text).ok_or_else(|| {

@@ -398,10 +398,7 @@ pub async fn login(
         Some(user) => (user.password_hash.clone(), user.active),
         None => (crate::auth::decoy_hash().to_owned(), false),
     };
-    let password = body.password;
-    let matches = tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "password check failed"))?;
+    let matches = verify_off_runtime(body.password, hash).await?;
     let reason = match (&user, matches) {
         (None, _) => "unknown user",
         (Some(_), false) => "wrong password",
@@ -558,6 +555,12 @@ fn check_email(email: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
+async fn verify_off_runtime(password: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "password check failed"))
+}
+
 async fn hash_off_runtime(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
         .await
@@ -692,8 +695,12 @@ async fn apply_change(state: &ApiState, id: &str, update: UserUpdate) -> Result<
             Ok(user)
         }
         UserChange::Done(None) | UserChange::NotFound => Err(ApiError::not_found("no such user")),
-        UserChange::LastAdmin => Err(ApiError::new(StatusCode::CONFLICT, "the station must keep one active admin")),
+        UserChange::LastAdmin => Err(last_admin()),
     }
+}
+
+fn last_admin() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "the station must keep one active admin")
 }
 
 /// DELETE /api/v1/users/{id} (admin): 204; 409 for the last active admin.
@@ -722,7 +729,7 @@ pub async fn delete_user(
             Ok(StatusCode::NO_CONTENT)
         }
         UserChange::NotFound => Err(ApiError::not_found("no such user")),
-        UserChange::LastAdmin => Err(ApiError::new(StatusCode::CONFLICT, "the station must keep one active admin")),
+        UserChange::LastAdmin => Err(last_admin()),
     }
 }
 
@@ -779,10 +786,7 @@ pub async fn change_my_password(
     let id = caller.id.clone();
     let user = state.inspector.storage.call(move |db| db.user(&id)).await?;
     let user = user.ok_or_else(|| ApiError::not_found("user no longer exists"))?;
-    let (current, hash) = (body.current_password, user.password_hash.clone());
-    let matches = tokio::task::spawn_blocking(move || crate::auth::verify_password(&current, &hash))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "password check failed"))?;
+    let matches = verify_off_runtime(body.current_password, user.password_hash.clone()).await?;
     if !matches {
         audit(&state, &caller, client, "password_change_failed", "wrong current password".to_owned()).await?;
         return Err(ApiError::new(StatusCode::FORBIDDEN, "the current password is wrong"));
@@ -815,7 +819,7 @@ pub async fn audit_log(
     State(state): State<ApiState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::unprocessable(e.body_text()))?;
+    let Query(query) = query.map_err(super::routes::query_error)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let entries = state.inspector.storage.call(move |db| db.audit_log(limit, query.before)).await?;
     Ok(Json(AuditList { entries: entries.into_iter().map(AuditDto::from).collect() }))
