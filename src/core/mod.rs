@@ -7,6 +7,7 @@
 //! it as the single owner of station state.
 
 pub mod alerts;
+pub mod assembly;
 pub mod decision;
 pub mod monitor;
 pub mod outputs;
