@@ -33,6 +33,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub auth: AuthConfig,
     pub alerts: crate::alerts::AlertsConfig,
+    /// Assembly coaching: which station coaches and its e-stop input.
+    pub coaching: CoachingConfig,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -391,6 +393,56 @@ pub(crate) struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     alerts: RawAlerts,
+    #[serde(default)]
+    coaching: RawCoaching,
+}
+
+/// Assembly coaching at this station PC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoachingConfig {
+    /// The station whose camera the vision steps use; `None` when there is no station.
+    pub station: Option<String>,
+    /// A GPIO input whose active level aborts the unit being built.
+    pub estop_input: Option<String>,
+    /// Least time between two inspections a continuous vision step asks for.
+    pub inspect_interval: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoaching {
+    station: Option<String>,
+    estop_input: Option<String>,
+    inspect_interval_ms: Option<u64>,
+}
+
+impl RawCoaching {
+    fn validate(
+        self,
+        stations: &BTreeMap<String, StationConfig>,
+        gpio: Option<&GpioConfig>,
+    ) -> Result<CoachingConfig, ConfigError> {
+        let station = match self.station {
+            Some(id) if !stations.contains_key(&id) => {
+                return Err(ConfigError::invalid("coaching.station", format!("no station {id:?} under [stations]")));
+            }
+            Some(id) => Some(id),
+            None => stations.keys().next().cloned(),
+        };
+        if let Some(input) = &self.estop_input
+            && !gpio.is_some_and(|g| g.inputs.contains_key(input))
+        {
+            return Err(ConfigError::invalid(
+                "coaching.estop_input",
+                format!("no GPIO input {input:?} under [gpio.inputs]"),
+            ));
+        }
+        let interval = self.inspect_interval_ms.unwrap_or(200);
+        if !(20..=60_000).contains(&interval) {
+            return Err(ConfigError::invalid("coaching.inspect_interval_ms", "must be between 20 and 60000"));
+        }
+        Ok(CoachingConfig { station, estop_input: self.estop_input, inspect_interval: Duration::from_millis(interval) })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1130,6 +1182,7 @@ impl RawConfig {
             api: ApiConfig { bind, max_upload_bytes: self.api.max_upload_mb as usize * 1024 * 1024 },
             auth: self.auth.validate()?,
             alerts: self.alerts.validate()?,
+            coaching: self.coaching.validate(&stations, gpio.as_ref())?,
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1479,6 +1532,7 @@ mod tests {
             "wrenches.",
             "auth",
             "alerts",
+            "coaching",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1496,6 +1550,9 @@ mod tests {
             ("alerts", "outbox_backlog_max"),
             ("alerts", "check_interval_s"),
             ("alerts", "keep_cleared_days"),
+            ("coaching", "station"),
+            ("coaching", "estop_input"),
+            ("coaching", "inspect_interval_ms"),
             ("inference", "model_dir"),
             ("inference", "threads"),
             ("inference", "pass_threshold"),

@@ -10,6 +10,7 @@
 //! (HTTP 201, and later the PLC's ResultsValid and the wrench's MID 0062).
 
 mod alerts;
+mod assembly;
 mod images;
 mod pipelines;
 mod retention;
@@ -31,6 +32,10 @@ use crate::core::decision::{Decision, Detection};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
 pub use alerts::{AlertFilter, AlertRecord};
+pub use assembly::{
+    Assembly, AssemblyError, AssemblyFields, NewOperator, Operator, OperatorUpdate, Step, StepAction, StepFields,
+    UnitEvent, UnitFilter, UnitRecord, data_type,
+};
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
 pub use retention::{Cleanup, StorageUsage, spawn as spawn_retention};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
@@ -158,6 +163,7 @@ pub enum OutboxRecord {
     Inspection(InspectionRecord),
     Tightening(TighteningRecord),
     PipelineEvent(PipelineEvent),
+    UnitRecord(UnitRecord, Vec<UnitEvent>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -566,6 +572,10 @@ impl Db {
         let record = match kind.as_str() {
             "tightening" => self.tightening_by_seq(record_seq)?.map(OutboxRecord::Tightening),
             "pipeline_event" => self.pipeline_event_by_seq(record_seq)?.map(OutboxRecord::PipelineEvent),
+            "unit_record" => match self.unit_record_by_seq(record_seq)? {
+                Some(unit) => Some(OutboxRecord::UnitRecord(unit, self.unit_events(record_seq)?)),
+                None => None,
+            },
             _ => self.record_where("seq = ?1", record_seq)?.map(OutboxRecord::Inspection),
         };
         Ok(Some(OutboxMessage { seq, station_seq, record }))
@@ -913,7 +923,7 @@ pub(crate) mod tests {
     fn inspection_id(record: &OutboxRecord) -> Uuid {
         match record {
             OutboxRecord::Inspection(record) => record.id,
-            OutboxRecord::Tightening(_) | OutboxRecord::PipelineEvent(_) => Uuid::nil(),
+            OutboxRecord::Tightening(_) | OutboxRecord::PipelineEvent(_) | OutboxRecord::UnitRecord(..) => Uuid::nil(),
         }
     }
 

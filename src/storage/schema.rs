@@ -192,6 +192,116 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX alerts_active_key ON alerts (key) WHERE cleared_at_ms IS NULL;
     CREATE INDEX alerts_raised ON alerts (raised_at_ms);",
+    // 7: assembly coaching: assemblies (revisions of one family), their steps and step
+    // actions, operators, and one record per unit built with its stamped events. Finished
+    // unit records are announced through the outbox.
+    "CREATE TABLE assemblies (
+        id            TEXT PRIMARY KEY,
+        family_id     TEXT NOT NULL,
+        revision      INTEGER NOT NULL,
+        name          TEXT NOT NULL,
+        description   TEXT NOT NULL DEFAULT '',
+        image_link    TEXT,
+        published     INTEGER NOT NULL DEFAULT 0,
+        active        INTEGER NOT NULL DEFAULT 0,
+        approver      TEXT,
+        notes         TEXT,
+        created_at_ms INTEGER NOT NULL,
+        edited_at_ms  INTEGER NOT NULL,
+        UNIQUE (family_id, revision)
+    );
+    CREATE TABLE steps (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        assembly_id     TEXT NOT NULL REFERENCES assemblies (id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        description     TEXT NOT NULL DEFAULT '',
+        image_link      TEXT,
+        video_link      TEXT,
+        overlay_link    TEXT,
+        camera_id       TEXT,
+        minimum_predict REAL NOT NULL,
+        benchmark_s     REAL,
+        timeout_s       REAL
+    );
+    CREATE INDEX steps_by_assembly ON steps (assembly_id, position);
+    CREATE TABLE step_actions (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        step_id        INTEGER NOT NULL REFERENCES steps (id) ON DELETE CASCADE,
+        position       INTEGER NOT NULL,
+        data_type      TEXT NOT NULL CHECK (data_type IN
+                           ('ML', 'TORQUE', 'TORQUE_ONLY', 'INPUT', 'OUTPUT', 'QA', 'QA_DWELL')),
+        name           TEXT NOT NULL DEFAULT '',
+        expected_class TEXT,
+        continuous     INTEGER NOT NULL DEFAULT 0,
+        dwell_s        REAL,
+        wrench_id      TEXT,
+        pset           INTEGER,
+        count          INTEGER,
+        target         REAL,
+        tolerance      REAL,
+        nok_policy     TEXT CHECK (nok_policy IN ('rework', 'fail')),
+        max_nok        INTEGER,
+        line           TEXT,
+        level          INTEGER,
+        prompt         TEXT
+    );
+    CREATE INDEX step_actions_by_step ON step_actions (step_id, position);
+    CREATE TABLE operators (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        first_name    TEXT NOT NULL,
+        last_name     TEXT NOT NULL,
+        role          TEXT NOT NULL,
+        rfid          TEXT UNIQUE,
+        password_hash TEXT,
+        active        INTEGER NOT NULL DEFAULT 1,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (first_name, last_name)
+    );
+    CREATE TABLE unit_records (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        assembly_id   TEXT NOT NULL REFERENCES assemblies (id),
+        operator_id   INTEGER NOT NULL REFERENCES operators (id),
+        serial        TEXT NOT NULL,
+        station_id    TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms   INTEGER,
+        outcome       TEXT CHECK (outcome IN ('completed', 'failed', 'aborted', 'incomplete')),
+        reason        TEXT
+    );
+    CREATE INDEX unit_records_by_assembly ON unit_records (assembly_id, seq);
+    CREATE INDEX unit_records_by_operator ON unit_records (operator_id, seq);
+    CREATE INDEX unit_records_by_serial ON unit_records (serial);
+    CREATE TABLE unit_events (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_seq     INTEGER NOT NULL REFERENCES unit_records (seq) ON DELETE CASCADE,
+        at_ms          INTEGER NOT NULL,
+        step_index     INTEGER,
+        kind           TEXT NOT NULL,
+        inspection_id  TEXT,
+        tightening_seq INTEGER,
+        ok             INTEGER,
+        flag           INTEGER,
+        value          REAL,
+        text           TEXT
+    );
+    CREATE INDEX unit_events_by_record ON unit_events (record_seq, seq);
+    CREATE TABLE outbox_v7 (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        station_id      TEXT NOT NULL,
+        station_seq     INTEGER NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('inspection', 'tightening', 'pipeline_event', 'unit_record')),
+        record_seq      INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        delivered_at_ms INTEGER,
+        UNIQUE (station_id, station_seq)
+    );
+    INSERT INTO outbox_v7 SELECT seq, station_id, station_seq, kind, record_seq, created_at_ms, delivered_at_ms
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v7 RENAME TO outbox;
+    CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::bus::StationSnapshot;
-use crate::storage::{InspectionRecord, Statistics, TrendBucket, TrendInterval};
+use crate::storage::{InspectionRecord, Statistics, TrendBucket, TrendInterval, UnitEvent, UnitRecord};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
@@ -421,6 +421,232 @@ impl From<&crate::storage::AlertRecord> for AlertDto {
             acknowledged: a.acknowledged_at.is_some(),
             acknowledged_by: a.acknowledged_by.clone(),
             acknowledged_at: a.acknowledged_at.map(rfc3339),
+        }
+    }
+}
+
+/// One stamped event of a unit record. Which fields are set depends on `type`:
+/// `prediction` (inspection_id, label, confidence, matched), `tightening` (tightening_seq,
+/// ok, counted, note), `input`/`output` (line, active), `qa` (passed, by), `step_advance`
+/// (name), `step_complete` (active_s, over_benchmark), `step_interrupt` (active_s, reason),
+/// `assembly_complete` (active_s, reason), `started` and `notice` (text).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UnitEventDto {
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<usize>,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inspection_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tightening_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_benchmark: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl From<&UnitEvent> for UnitEventDto {
+    fn from(e: &UnitEvent) -> UnitEventDto {
+        let mut dto = UnitEventDto {
+            at: rfc3339(e.at),
+            step_index: e.step,
+            kind: e.kind,
+            inspection_id: e.inspection_id.map(|i| i.to_string()),
+            tightening_seq: e.tightening_seq,
+            label: None,
+            confidence: None,
+            matched: None,
+            ok: None,
+            counted: None,
+            line: None,
+            active: None,
+            passed: None,
+            by: None,
+            name: None,
+            active_s: None,
+            over_benchmark: None,
+            reason: None,
+            note: None,
+            text: None,
+        };
+        match e.kind {
+            "prediction" => {
+                dto.label = e.text.clone();
+                dto.confidence = e.value.map(|v| (v * 1000.0).round() / 1000.0);
+                dto.matched = e.ok;
+            }
+            "tightening" => {
+                dto.ok = e.ok;
+                dto.counted = e.flag;
+                dto.note = e.text.clone();
+            }
+            "input" | "output" => {
+                dto.line = e.text.clone();
+                dto.active = e.ok;
+            }
+            "qa" => {
+                dto.passed = e.ok;
+                dto.by = e.text.clone();
+            }
+            "step_advance" => dto.name = e.text.clone(),
+            "step_complete" => {
+                dto.active_s = e.value;
+                dto.over_benchmark = e.flag;
+            }
+            "step_interrupt" | "assembly_complete" => {
+                dto.active_s = e.value;
+                dto.reason = e.text.clone();
+            }
+            _ => dto.text = e.text.clone(),
+        }
+        dto
+    }
+}
+
+/// What happened in one step of a unit record, gathered from its events.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UnitStepDto {
+    pub step_index: usize,
+    pub name: String,
+    /// "complete", "interrupted" or "active".
+    pub status: &'static str,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Time spent in the step, pauses excluded (the last visit when it was entered twice).
+    pub active_s: Option<f64>,
+    pub over_benchmark: Option<bool>,
+    pub inspections: Vec<String>,
+    pub predictions: u32,
+    pub tightenings: Vec<i64>,
+    pub tightenings_ok: u32,
+    pub tightenings_nok: u32,
+    pub qa_passed: Option<bool>,
+    pub reason: Option<String>,
+}
+
+/// Per-step view of a record's events, in the order the steps were visited.
+pub fn unit_steps(events: &[UnitEvent]) -> Vec<UnitStepDto> {
+    let mut steps: Vec<UnitStepDto> = Vec::new();
+    for e in events {
+        if e.kind == "step_advance" {
+            steps.push(UnitStepDto {
+                step_index: e.step.unwrap_or(0),
+                name: e.text.clone().unwrap_or_default(),
+                status: "active",
+                started_at: rfc3339(e.at),
+                ended_at: None,
+                active_s: None,
+                over_benchmark: None,
+                inspections: Vec::new(),
+                predictions: 0,
+                tightenings: Vec::new(),
+                tightenings_ok: 0,
+                tightenings_nok: 0,
+                qa_passed: None,
+                reason: None,
+            });
+            continue;
+        }
+        let Some(step) = steps.last_mut() else { continue };
+        match e.kind {
+            "prediction" => {
+                step.predictions += 1;
+                step.inspections.extend(e.inspection_id.map(|i| i.to_string()));
+            }
+            "tightening" => {
+                step.tightenings.extend(e.tightening_seq);
+                if e.flag == Some(true) {
+                    step.tightenings_ok += 1;
+                } else {
+                    step.tightenings_nok += 1;
+                }
+            }
+            "qa" => step.qa_passed = e.ok,
+            "step_complete" | "step_interrupt" => {
+                step.status = if e.kind == "step_complete" { "complete" } else { "interrupted" };
+                step.ended_at = Some(rfc3339(e.at));
+                step.active_s = e.value;
+                step.over_benchmark = e.flag;
+                step.reason = if e.kind == "step_interrupt" { e.text.clone() } else { None };
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+/// A unit record: who built which unit to which revision, how it ended, step by step.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UnitRecordDto {
+    pub id: String,
+    pub assembly_id: String,
+    pub assembly_name: String,
+    pub revision: u32,
+    pub operator_id: i64,
+    pub operator_name: String,
+    pub serial: String,
+    pub station_id: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// "completed", "failed", "aborted", "incomplete", or null while being built.
+    pub outcome: Option<&'static str>,
+    pub reason: Option<String>,
+    /// Every inspection and tightening that went into the unit.
+    pub inspection_ids: Vec<String>,
+    pub tightening_seqs: Vec<i64>,
+    pub steps: Vec<UnitStepDto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<UnitEventDto>>,
+}
+
+impl UnitRecordDto {
+    /// With `with_events`, the full event list too; the steps are always there.
+    pub fn new(record: &UnitRecord, events: &[UnitEvent], with_events: bool) -> UnitRecordDto {
+        UnitRecordDto {
+            id: record.id.to_string(),
+            assembly_id: record.assembly_id.to_string(),
+            assembly_name: record.assembly_name.clone(),
+            revision: record.revision,
+            operator_id: record.operator_id,
+            operator_name: record.operator_name.clone(),
+            serial: record.serial.clone(),
+            station_id: record.station_id.clone(),
+            started_at: rfc3339(record.started_at),
+            ended_at: record.ended_at.map(rfc3339),
+            outcome: record.outcome.map(|o| o.as_str()),
+            reason: record.reason.clone(),
+            inspection_ids: events.iter().filter_map(|e| e.inspection_id.map(|i| i.to_string())).collect(),
+            tightening_seqs: events.iter().filter_map(|e| e.tightening_seq).collect(),
+            steps: unit_steps(events),
+            events: with_events.then(|| events.iter().map(UnitEventDto::from).collect()),
         }
     }
 }

@@ -39,6 +39,16 @@ pub fn anomaly_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/anomaly")
 }
 
+/// Finished unit records (assembly coaching), in the REST record's JSON.
+pub fn unit_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/assembly/records")
+}
+
+/// The coaching state (retained): assembly, step, state, serial, last record.
+pub fn coaching_topic(station_id: &str) -> String {
+    format!("stationd/{station_id}/assembly/state")
+}
+
 pub fn status_topic(station_id: &str) -> String {
     format!("stationd/{station_id}/status")
 }
@@ -368,6 +378,9 @@ impl Publisher {
                 }
                 OutboxRecord::Tightening(record) => {
                     (tightening_topic(&self.station_id), payload::tightening(record, message.station_seq))
+                }
+                OutboxRecord::UnitRecord(unit, events) => {
+                    (unit_topic(&self.station_id), payload::unit_record(unit, events, message.station_seq))
                 }
                 OutboxRecord::PipelineEvent(event) => {
                     (anomaly_topic(&self.station_id), payload::anomaly(event, message.station_seq))

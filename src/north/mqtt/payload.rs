@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::north::api::dto::{InspectionDto, PipelineEventDto, TighteningDto};
-use crate::storage::{InspectionRecord, PipelineEvent, TighteningRecord};
+use crate::north::api::dto::{InspectionDto, PipelineEventDto, TighteningDto, UnitRecordDto};
+use crate::storage::{InspectionRecord, PipelineEvent, TighteningRecord, UnitEvent, UnitRecord};
 
 #[derive(Serialize)]
 struct InspectionMessage {
@@ -83,4 +83,17 @@ pub(super) fn alert(severity: Severity, title: &str, message: &str, source: &str
 /// An alert of the alert rules: the REST JSON of `GET /api/v1/alerts`.
 pub(super) fn alert_record(alert: &crate::storage::AlertRecord) -> Vec<u8> {
     serde_json::to_vec(&crate::north::api::dto::AlertDto::from(alert)).expect("plain data serialises")
+}
+
+#[derive(Serialize)]
+struct UnitRecordMessage {
+    message_seq: i64,
+    #[serde(flatten)]
+    record: UnitRecordDto,
+}
+
+/// A finished unit record, as `GET /api/v1/assembly-records/{id}` gives it (with events).
+pub(super) fn unit_record(record: &UnitRecord, events: &[UnitEvent], station_seq: i64) -> Vec<u8> {
+    let message = UnitRecordMessage { message_seq: station_seq, record: UnitRecordDto::new(record, events, true) };
+    serde_json::to_vec(&message).expect("plain data serialises")
 }
