@@ -174,6 +174,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             readiness,
         );
     }
+    let coaching = crate::coaching::spawn(
+        &mut supervisor,
+        config.coaching.clone(),
+        crate::coaching::Devices {
+            storage: storage.clone(),
+            inspector: inspector.clone(),
+            wrenches: wrenches.clone(),
+            gpio: gpio.clone(),
+            notifications: bus.notifications.clone(),
+        },
+    );
     let pipelines = pipelines::spawn(&mut supervisor, inspector.clone(), config.mqtt.is_some());
     let modbus_addr = match &config.modbus {
         Some(modbus) => {
@@ -246,6 +257,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         stop: tokio_util::sync::CancellationToken::new(),
         metrics,
         pipelines,
+        coaching,
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
         image_retention: config.image_retention,

@@ -82,6 +82,9 @@ pub enum Notification {
     TighteningCompleted(Arc<TighteningSummary>),
     /// An alert was raised, escalated or cleared (from the `alerts` service, not the core).
     Alert(Arc<crate::storage::AlertRecord>),
+    /// The coaching state changed: a unit started, moved on a step, paused or ended (from
+    /// the `coaching` service, after the unit record committed it).
+    Coaching(Arc<crate::coaching::CoachingStatus>),
 }
 
 /// A consistent read-side view of the station, replaced whole after every event.

@@ -104,6 +104,11 @@ impl Inspector {
         self.stations.contains_key(station_id)
     }
 
+    /// Whether `station_id` exists and has a camera to inspect with.
+    pub fn has_camera(&self, station_id: &str) -> bool {
+        self.stations.get(station_id).is_some_and(|s| s.camera.is_some())
+    }
+
     pub fn cameras(&self) -> &BTreeMap<String, CameraHandle> {
         &self.cameras
     }

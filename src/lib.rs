@@ -12,6 +12,7 @@
 //! - [`south`]: device adapters (cameras).
 //! - [`north`]: plant-facing interfaces (REST API).
 //! - [`supervisor`]: named services, readiness, phased shutdown.
+//! - [`coaching`]: assembly coaching (the step sequencer's service, unit records).
 //! - [`alerts`]: the alert rules' service (observe, evaluate, store, announce).
 //! - [`auth`]: users' roles, passwords and tokens.
 //! - [`app`]: the composition root that wires all of the above.
@@ -21,6 +22,7 @@ pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod coaching;
 pub mod config;
 pub mod core;
 pub mod core_task;

@@ -759,6 +759,61 @@ impl Session {
     }
 }
 
+/// Step order rules, the seed's "allowed moves" and "deletable" checks. A step that turns
+/// an output off depends on the nearest earlier step that turned it on (a clamp is released
+/// after it was closed), and a step waiting for an input that an earlier step's output
+/// drives depends on that step. Returns (dependent, prerequisite) pairs of step indexes.
+pub fn dependencies(steps: &[Vec<Action>]) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for (index, actions) in steps.iter().enumerate() {
+        for action in actions {
+            let (line, wants_on) = match action {
+                Action::Output { line, active: false } => (line, true),
+                Action::Input { line, .. } => (line, true),
+                _ => continue,
+            };
+            let earlier = steps[..index].iter().rposition(|prior| {
+                prior
+                    .iter()
+                    .any(|a| matches!(a, Action::Output { line: l, active } if l == line && *active == wants_on))
+            });
+            if let Some(prerequisite) = earlier
+                && !pairs.contains(&(index, prerequisite))
+            {
+                pairs.push((index, prerequisite));
+            }
+        }
+    }
+    pairs
+}
+
+/// The indexes step `from` may move to without breaking a dependency (its own index too).
+pub fn allowed_moves(steps: &[Vec<Action>], from: usize) -> Vec<usize> {
+    if from >= steps.len() {
+        return Vec::new();
+    }
+    let pairs = dependencies(steps);
+    (0..steps.len())
+        .filter(|&to| {
+            // Where each old index lands after moving `from` to `to`.
+            let new_index = |i: usize| {
+                if i == from {
+                    to
+                } else {
+                    let after_removal = if i > from { i - 1 } else { i };
+                    if after_removal >= to { after_removal + 1 } else { after_removal }
+                }
+            };
+            pairs.iter().all(|&(dependent, prerequisite)| new_index(prerequisite) < new_index(dependent))
+        })
+        .collect()
+}
+
+/// The steps that depend on step `index`: it may be deleted only when there are none.
+pub fn dependents(steps: &[Vec<Action>], index: usize) -> Vec<usize> {
+    dependencies(steps).into_iter().filter(|&(_, prerequisite)| prerequisite == index).map(|(d, _)| d).collect()
+}
+
 fn fmt_pset(pset: Option<u32>) -> String {
     pset.map_or_else(|| "none".to_owned(), |p| p.to_string())
 }

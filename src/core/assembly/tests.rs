@@ -382,3 +382,22 @@ fn start_refuses_an_empty_plan_and_a_missing_first_step() {
     let err = Session::start(plan(vec![step("one", vec![])]), ctx, t(0)).unwrap_err();
     assert_eq!(err.0, "step index 1 is out of range: the assembly has 1 steps");
 }
+
+#[test]
+fn dependencies_limit_moves_and_deletes() {
+    let on = |line: &str| Action::Output { line: line.into(), active: true };
+    let off = |line: &str| Action::Output { line: line.into(), active: false };
+    let steps = vec![
+        vec![on("clamp")],
+        vec![vision(None, true)],
+        vec![on("lamp"), Action::Input { line: "lamp".into(), active: true }],
+        vec![off("clamp")],
+    ];
+    assert_eq!(dependencies(&steps), [(3, 0)]);
+    assert_eq!(allowed_moves(&steps, 0), [0, 1, 2]);
+    assert_eq!(allowed_moves(&steps, 3), [1, 2, 3]);
+    assert_eq!(allowed_moves(&steps, 1), [0, 1, 2, 3]);
+    assert_eq!(allowed_moves(&steps, 9), Vec::<usize>::new());
+    assert_eq!(dependents(&steps, 0), [3]);
+    assert!(dependents(&steps, 3).is_empty());
+}

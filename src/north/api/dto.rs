@@ -650,3 +650,67 @@ impl UnitRecordDto {
         }
     }
 }
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LastUnitDto {
+    pub assembly_record_id: String,
+    pub serial: String,
+    pub outcome: &'static str,
+    pub ended_at: String,
+}
+
+/// The coaching state: the unit being built (null fields when idle) and the last one.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CoachingStatusDto {
+    pub station_id: String,
+    /// "idle", "running" or "paused".
+    pub state: &'static str,
+    pub assembly_record_id: Option<String>,
+    pub assembly_id: Option<String>,
+    pub assembly_name: Option<String>,
+    pub revision: Option<u32>,
+    pub serial: Option<String>,
+    pub operator_id: Option<i64>,
+    pub operator_name: Option<String>,
+    pub step_index: Option<usize>,
+    pub step_name: Option<String>,
+    pub step_count: Option<usize>,
+    /// OK tightenings counted in the current step, and how many it needs.
+    pub torque_ok: Option<u32>,
+    pub torque_required: Option<u32>,
+    pub started_at: Option<String>,
+    pub last_record: Option<LastUnitDto>,
+}
+
+impl From<&crate::coaching::CoachingStatus> for CoachingStatusDto {
+    fn from(s: &crate::coaching::CoachingStatus) -> CoachingStatusDto {
+        let unit = s.unit.as_ref();
+        CoachingStatusDto {
+            station_id: s.station_id.clone(),
+            state: match unit {
+                None => "idle",
+                Some(u) if u.paused => "paused",
+                Some(_) => "running",
+            },
+            assembly_record_id: unit.map(|u| u.record_id.to_string()),
+            assembly_id: unit.map(|u| u.assembly_id.to_string()),
+            assembly_name: unit.map(|u| u.assembly_name.clone()),
+            revision: unit.map(|u| u.revision),
+            serial: unit.map(|u| u.serial.clone()),
+            operator_id: unit.map(|u| u.operator_id),
+            operator_name: unit.map(|u| u.operator_name.clone()),
+            step_index: unit.map(|u| u.step_index),
+            step_name: unit.map(|u| u.step_name.clone()),
+            step_count: unit.map(|u| u.step_count),
+            torque_ok: unit.map(|u| u.torque_done.0),
+            torque_required: unit.map(|u| u.torque_done.1),
+            started_at: unit.map(|u| rfc3339(u.started_at)),
+            last_record: s.last.as_ref().map(|l| LastUnitDto {
+                assembly_record_id: l.record_id.to_string(),
+                serial: l.serial.clone(),
+                outcome: l.outcome.as_str(),
+                ended_at: rfc3339(l.ended_at),
+            }),
+        }
+    }
+}

@@ -56,6 +56,7 @@ pub struct ApiState {
     pub stop: tokio_util::sync::CancellationToken,
     pub metrics: crate::metrics::Metrics,
     pub pipelines: crate::pipelines::Pipelines,
+    pub coaching: crate::coaching::Coaching,
     pub state_dir: std::path::PathBuf,
     pub image_retention: Option<std::time::Duration>,
     /// The core's notifications, for the WebSocket.

@@ -90,6 +90,8 @@ async fn serve(state: ApiState, mut socket: WebSocket) {
                     }
                 }
                 Ok(Notification::Alert(alert)) => Push::Alert(Box::new(AlertDto::from(&*alert))),
+                // The coaching WebSocket carries these.
+                Ok(Notification::Coaching(_)) => continue,
                 Err(RecvError::Lagged(missed)) => Push::Lagged { missed },
                 Err(RecvError::Closed) => break,
             },

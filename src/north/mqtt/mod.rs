@@ -136,6 +136,8 @@ pub fn spawn(
             link: link_tx,
             last_backlog_warning: None,
             alerts: VecDeque::new(),
+            coaching: None,
+            coaching_pending: false,
         };
         let notifications = notifications.subscribe();
         supervisor.spawn(format!("mqtt[{station_id}]"), Phase::Publish, move |ctx| publisher.run(notifications, ctx));
@@ -152,6 +154,9 @@ struct Publisher {
     last_backlog_warning: Option<Instant>,
     /// Alerts waiting for a connection (in memory: an alert is about now).
     alerts: VecDeque<Vec<u8>>,
+    /// The newest coaching state (retained on its topic), and whether the broker lacks it.
+    coaching: Option<Vec<u8>>,
+    coaching_pending: bool,
 }
 
 /// Alerts kept while the broker is unreachable; older ones are dropped first.
@@ -162,6 +167,7 @@ const MAX_PENDING_ALERTS: usize = 100;
 enum Sent {
     Status,
     Alert,
+    Coaching,
     Outbox(i64),
 }
 
@@ -293,6 +299,16 @@ impl Publisher {
                             }
                             false
                         }
+                        Ok(Notification::Coaching(status)) => {
+                            if status.station_id == self.station_id {
+                                self.coaching = Some(payload::coaching_state(status));
+                                self.coaching_pending = true;
+                                if let Err(reason) = self.send_coaching(&client, &mut conn) {
+                                    return Ended::Lost(reason);
+                                }
+                            }
+                            false
+                        }
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => false,
                     };
@@ -329,6 +345,9 @@ impl Publisher {
                     .map_err(|e| e.to_string())?;
                 conn.queued.push_back(Sent::Status);
                 self.send_alerts(client, conn)?;
+                // Again on every connection: one that dropped may have lost the last state.
+                self.coaching_pending = self.coaching.is_some();
+                self.send_coaching(client, conn)?;
                 self.send_next(client, conn).await?;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => conn.published(pkid),
@@ -389,6 +408,20 @@ impl Publisher {
             client.try_publish(topic, QoS::AtLeastOnce, false, body).map_err(|e| e.to_string())?;
             conn.queued.push_back(Sent::Outbox(message.seq));
             conn.in_flight = Some((message.seq, None));
+        }
+        Ok(())
+    }
+
+    fn send_coaching(&mut self, client: &AsyncClient, conn: &mut Connection) -> Result<(), String> {
+        if conn.connected
+            && self.coaching_pending
+            && let Some(state) = &self.coaching
+        {
+            self.coaching_pending = false;
+            client
+                .try_publish(coaching_topic(&self.station_id), QoS::AtLeastOnce, true, state.clone())
+                .map_err(|e| e.to_string())?;
+            conn.queued.push_back(Sent::Coaching);
         }
         Ok(())
     }

@@ -97,3 +97,8 @@ pub(super) fn unit_record(record: &UnitRecord, events: &[UnitEvent], station_seq
     let message = UnitRecordMessage { message_seq: station_seq, record: UnitRecordDto::new(record, events, true) };
     serde_json::to_vec(&message).expect("plain data serialises")
 }
+
+/// The coaching state, as `GET /api/v1/coaching` gives it.
+pub(super) fn coaching_state(status: &crate::coaching::CoachingStatus) -> Vec<u8> {
+    serde_json::to_vec(&crate::north::api::dto::CoachingStatusDto::from(status)).expect("plain data serialises")
+}

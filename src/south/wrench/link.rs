@@ -396,6 +396,12 @@ fn handle_request(
                 "release control is on: the tool is enabled only while a step expects tightenings".into(),
             )));
         }
+        LinkRequest::Command(Command::DisableTool, reply) => {
+            // An explicit disable also ends a release: what was left of it is withdrawn.
+            grant.remaining = None;
+            grant.publish(status);
+            pending.submit(session, Command::DisableTool, "request", Some(reply));
+        }
         LinkRequest::Command(command, reply) => pending.submit(session, command, "request", Some(reply)),
         LinkRequest::Release { reply, .. } if grant.locked => {
             let _ = reply.send(Err(WrenchError::Refused(LOCKED.into())));
