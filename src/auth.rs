@@ -61,7 +61,8 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 /// Longest password accepted, so that hashing cost stays bounded.
 pub const MAX_PASSWORD_BYTES: usize = 256;
 
-/// Checks a new password against the rules; the error is a sentence for the user.
+/// Checks a new password against the rules; the error is a sentence for the user. An empty
+/// `username` skips the name rule.
 pub fn check_password_rules(username: &str, password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(format!("password must have at least {MIN_PASSWORD_CHARS} characters"));
@@ -72,7 +73,7 @@ pub fn check_password_rules(username: &str, password: &str) -> Result<(), String
     if password.trim().is_empty() {
         return Err("password must not be only spaces".to_owned());
     }
-    if password.eq_ignore_ascii_case(username) || password.to_lowercase().contains(&username.to_lowercase()) {
+    if !username.is_empty() && password.to_lowercase().contains(&username.to_lowercase()) {
         return Err("password must not contain the user name".to_owned());
     }
     Ok(())

@@ -524,6 +524,17 @@ fn step_ids(tx: &Transaction<'_>, assembly_id: Uuid) -> rusqlite::Result<Vec<i64
     ids
 }
 
+impl super::Storage {
+    /// `call` for the edits that can be refused (not found, frozen, in use).
+    pub async fn edit<T, F>(&self, f: F) -> Result<T, AssemblyError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, AssemblyError> + Send + 'static,
+    {
+        self.call(move |db| Ok(f(db))).await?
+    }
+}
+
 impl Db {
     pub fn insert_assembly(&mut self, fields: AssemblyFields, now: DateTime<Utc>) -> Result<Assembly, StorageError> {
         let id = Uuid::new_v4();

@@ -3,8 +3,10 @@
 //! cycles) finish.
 
 mod alerts;
+mod assembly;
 pub mod auth;
 mod cameras;
+mod coaching;
 pub mod config;
 pub(crate) mod dto;
 mod error;
@@ -137,7 +139,55 @@ pub fn router(state: ApiState) -> Router {
         .route("/storage/cleanup", post(routes::storage_cleanup))
         .route("/system/gpio", get(gpio::lines))
         .route("/system/gpio/{name}/set", post(gpio::set_output))
-        .route("/system/gpio/{name}/inject", post(gpio::inject));
+        .route("/system/gpio/{name}/inject", post(gpio::inject))
+        .route("/assemblies", get(assembly::list_assemblies).post(assembly::create_assembly))
+        .route(
+            "/assemblies/{id}",
+            get(assembly::get_assembly).put(assembly::update_assembly).delete(assembly::delete_assembly),
+        )
+        .route("/assemblies/{id}/publish", post(assembly::publish_assembly))
+        .route("/assemblies/{id}/active", axum::routing::put(assembly::set_active))
+        .route("/assemblies/{id}/revisions", post(assembly::new_revision))
+        .route("/assembly-revisions", get(assembly::revisions))
+        .route("/assembly-revisions/coachable", get(assembly::coachable))
+        .route("/assemblies/{id}/steps", get(assembly::list_steps).post(assembly::create_step))
+        .route(
+            "/assemblies/{id}/steps/{step_id}",
+            get(assembly::get_step).put(assembly::update_step).delete(assembly::delete_step),
+        )
+        .route("/assemblies/{id}/steps/{step_id}/move", post(assembly::move_step))
+        .route("/assemblies/{id}/steps/{step_id}/allowed-moves", get(assembly::allowed_moves))
+        .route("/assemblies/{id}/steps/{step_id}/deletable", get(assembly::deletable))
+        .route("/steps/{step_id}/data", get(assembly::list_step_data).post(assembly::create_step_data))
+        .route(
+            "/steps/{step_id}/data/{data_id}",
+            axum::routing::put(assembly::update_step_data).delete(assembly::delete_step_data),
+        )
+        .route("/operators", get(assembly::list_operators).post(assembly::create_operator))
+        .route("/operators/active", get(assembly::active_operators))
+        .route("/operators/by-name", get(assembly::operator_by_name))
+        .route("/operators/rfid", post(assembly::rfid_login))
+        .route("/operators/login", post(assembly::operator_login))
+        .route("/operators/validate-password", post(assembly::validate_password))
+        .route(
+            "/operators/{id}",
+            get(assembly::get_operator).put(assembly::update_operator).delete(assembly::delete_operator),
+        )
+        .route("/coaching", get(coaching::status))
+        .route("/coaching/start", post(coaching::start))
+        .route("/coaching/pause", post(coaching::pause))
+        .route("/coaching/resume", post(coaching::resume))
+        .route("/coaching/complete", post(coaching::complete))
+        .route("/coaching/interrupt", post(coaching::interrupt))
+        .route("/coaching/step", post(coaching::set_step))
+        .route("/coaching/qa", post(coaching::qa))
+        .route("/coaching/ws", get(coaching::ws))
+        .route("/assembly-records", get(coaching::list_records))
+        .route("/assembly-records/recent", get(coaching::recent_record))
+        .route("/assembly-records/{id}", get(coaching::get_record))
+        .route("/assembly-records/{id}/metrics", get(coaching::record_metrics))
+        .route("/assembly-records/{id}/qa-report", get(coaching::qa_report))
+        .route("/assembly-records/{id}/qa-report.html", get(coaching::qa_report_html));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(routes::metrics))
