@@ -476,14 +476,14 @@ impl Session {
         }
         for (action, progress) in step.actions.iter().zip(&self.progress) {
             match (action, progress) {
-                (Action::Torque(check), Progress::Torque { ok, .. }) if self.context.release_control => {
-                    if *ok < check.count {
-                        effects.push(Effect::Release {
-                            wrench: check.wrench.clone(),
-                            pset: check.pset,
-                            count: check.count - ok,
-                        });
-                    }
+                (Action::Torque(check), Progress::Torque { ok, .. })
+                    if self.context.release_control && *ok < check.count =>
+                {
+                    effects.push(Effect::Release {
+                        wrench: check.wrench.clone(),
+                        pset: check.pset,
+                        count: check.count - ok,
+                    });
                 }
                 (Action::Input { line, .. }, Progress::Input { met: false }) => {
                     effects.push(Effect::ReadInput { line: line.clone() });

@@ -520,8 +520,8 @@ fn renumber(tx: &Transaction<'_>, order: &[i64]) -> rusqlite::Result<()> {
 
 fn step_ids(tx: &Transaction<'_>, assembly_id: Uuid) -> rusqlite::Result<Vec<i64>> {
     let mut statement = tx.prepare("SELECT id FROM steps WHERE assembly_id = ?1 ORDER BY position")?;
-    let ids = statement.query_map([assembly_id.to_string()], |r| r.get(0))?.collect();
-    ids
+    let ids = statement.query_map([assembly_id.to_string()], |r| r.get(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
 }
 
 impl super::Storage {

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod cameras;
 mod cli;
+mod coaching;
 mod config_api;
 mod gpio;
 mod modbus;

@@ -18,8 +18,9 @@ fn router_routes() -> BTreeSet<(String, String)> {
     let body = &body[..end];
     let nest = body.find(".nest(\"/api/v1\", api)").expect("the /api/v1 nest");
     let mut routes = BTreeSet::new();
-    for (at, _) in body.match_indices(".route(\"") {
-        let rest = &body[at + 8..];
+    for (at, _) in body.match_indices(".route(") {
+        // rustfmt puts the path on its own line when the handlers do not fit.
+        let rest = body[at + 7..].trim_start().strip_prefix('"').expect("a route's path is a string literal");
         let path = &rest[..rest.find('"').unwrap()];
         let full = if at < nest { format!("/api/v1{path}") } else { path.to_owned() };
         // The handlers of this route: up to the next `.route(` or the end of the chain.

@@ -585,7 +585,7 @@ pub async fn qa_report_html(State(state): State<ApiState>, Path(id): Path<String
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
             escape(&i.id),
-            escape(&i.decision),
+            escape(i.decision),
             opt(i.label.as_deref()),
             i.confidence,
             escape(&i.timestamp),
