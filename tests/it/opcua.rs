@@ -172,6 +172,10 @@ async fn browse_read_subscribe_and_trigger() {
     assert_eq!(read(&session, ns, "Stations/default/PassCount").await, Variant::UInt32(1));
     assert_eq!(read(&session, ns, "Stations/default/LastDecision").await, Variant::from("pass"));
     assert_eq!(read(&session, ns, "Stations/default/PassRate1h").await, Variant::Double(100.0));
+    // The coaching state, with no unit being built.
+    assert_eq!(read(&session, ns, "Assembly/State").await, Variant::from("idle"));
+    assert_eq!(read(&session, ns, "Assembly/StepIndex").await, Variant::Int32(-1));
+    assert_eq!(read(&session, ns, "Assembly/LastOutcome").await, Variant::from(""));
 
     // A bad station is a bad argument, not a crash.
     let call = CallMethodRequest {
@@ -184,7 +188,10 @@ async fn browse_read_subscribe_and_trigger() {
 
     let (_, status) = daemon.get_json("/api/v1/opcua/status").await;
     assert_eq!((status["enabled"].as_bool(), status["running"].as_bool()), (Some(true), Some(true)));
-    assert_eq!(status["nodes"], serde_json::json!(["Stations/default", "Wrenches/wrench-sim", "SystemStatus"]));
+    assert_eq!(
+        status["nodes"],
+        serde_json::json!(["Stations/default", "Wrenches/wrench-sim", "Assembly", "SystemStatus"])
+    );
     let _ = session.disconnect().await;
     assert!(daemon.shutdown().await);
 }

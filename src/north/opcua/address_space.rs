@@ -12,6 +12,9 @@
 //!     <wrench_id>/                  s=Wrenches/<wrench_id>
 //!       LinkState, ToolEnabled, LastTighteningId, LastStatus, LastTorque, LastAngle,
 //!       BatchCounter, ProgramNr
+//!   Assembly/                       s=Assembly   (the coaching state)
+//!     State, AssemblyName, AssemblyId, Revision, StepIndex, StepName, StepCount,
+//!     Serial, OperatorName, RecordId, LastRecordId, LastSerial, LastOutcome
 //!   SystemStatus/                   s=SystemStatus
 //!     Ready                         s=SystemStatus/Ready
 //!     <service>                     s=SystemStatus/<service>   ("ready", "starting", "degraded: …")
@@ -27,6 +30,7 @@ use opcua::server::node_manager::memory::SimpleNodeManager;
 use opcua::types::{DataTypeId, DataValue, DateTime, NodeId, ObjectId, StatusCode, Variant};
 
 use crate::bus::{Snapshot, StationSnapshot};
+use crate::coaching::CoachingStatus;
 use crate::cycle::{CycleError, CycleImage, InspectRequest, Inspector};
 use crate::south::wrench::WrenchStatus;
 use crate::supervisor::ServiceState;
@@ -57,6 +61,23 @@ const WRENCH_VARIABLES: [(&str, DataTypeId); 8] = [
     ("ProgramNr", DataTypeId::UInt32),
 ];
 
+/// The coaching state (one unit at a time per station PC).
+const ASSEMBLY_VARIABLES: [(&str, DataTypeId); 13] = [
+    ("State", DataTypeId::String),
+    ("AssemblyName", DataTypeId::String),
+    ("AssemblyId", DataTypeId::String),
+    ("Revision", DataTypeId::UInt32),
+    ("StepIndex", DataTypeId::Int32),
+    ("StepName", DataTypeId::String),
+    ("StepCount", DataTypeId::UInt32),
+    ("Serial", DataTypeId::String),
+    ("OperatorName", DataTypeId::String),
+    ("RecordId", DataTypeId::String),
+    ("LastRecordId", DataTypeId::String),
+    ("LastSerial", DataTypeId::String),
+    ("LastOutcome", DataTypeId::String),
+];
+
 pub(super) fn wrench_node(wrench_id: &str) -> String {
     format!("Wrenches/{wrench_id}")
 }
@@ -74,7 +95,7 @@ pub(super) fn node_list(station_ids: &[String], wrench_ids: &[String]) -> Vec<St
         .iter()
         .map(|id| station_node(id))
         .chain(wrench_ids.iter().map(|id| wrench_node(id)))
-        .chain(["SystemStatus".to_owned()])
+        .chain(["Assembly".to_owned(), "SystemStatus".to_owned()])
         .collect()
 }
 
@@ -107,6 +128,22 @@ pub(super) fn build(
     insert_folders(&mut address_space, ns, "Stations", &stations, &STATION_VARIABLES);
     let wrenches: Vec<String> = wrench_ids.iter().map(|id| wrench_node(id)).collect();
     insert_folders(&mut address_space, ns, "Wrenches", &wrenches, &WRENCH_VARIABLES);
+    let assembly_id = NodeId::new(ns, "Assembly");
+    ObjectBuilder::new(&assembly_id, "Assembly", "Assembly")
+        .organized_by(ObjectId::ObjectsFolder)
+        .insert(&mut *address_space);
+    for (variable, data_type) in ASSEMBLY_VARIABLES {
+        let value = match variable {
+            "State" => Variant::from("idle"),
+            "StepIndex" => Variant::from(-1i32),
+            _ => initial(data_type),
+        };
+        VariableBuilder::new(&NodeId::new(ns, format!("Assembly/{variable}")), variable, variable)
+            .data_type(data_type)
+            .value(value)
+            .component_of(assembly_id.clone())
+            .insert(&mut *address_space);
+    }
     let status_id = NodeId::new(ns, "SystemStatus");
     ObjectBuilder::new(&status_id, "SystemStatus", "SystemStatus")
         .organized_by(ObjectId::ObjectsFolder)
@@ -219,6 +256,24 @@ impl Nodes {
         }
     }
 
+    /// Writes the coaching state (every field, at each change of it).
+    pub(super) fn write_coaching(
+        &self,
+        manager: &SimpleNodeManager,
+        subscriptions: &SubscriptionCache,
+        status: &CoachingStatus,
+    ) {
+        let values: Vec<(NodeId, DataValue)> = coaching_values(status)
+            .into_iter()
+            .map(|(name, value)| (NodeId::new(self.ns, format!("Assembly/{name}")), DataValue::new_now(value)))
+            .collect();
+        if let Err(status) =
+            manager.set_values(subscriptions, values.iter().map(|(id, value)| (id, None, value.clone())))
+        {
+            tracing::warn!(%status, "OPC-UA coaching update refused");
+        }
+    }
+
     pub(super) fn write_status(
         &self,
         manager: &SimpleNodeManager,
@@ -254,6 +309,27 @@ fn wrench_values(status: &WrenchStatus) -> Vec<(&'static str, Variant)> {
         ]);
     }
     values
+}
+
+fn coaching_values(status: &CoachingStatus) -> Vec<(&'static str, Variant)> {
+    let unit = status.unit.as_ref();
+    let text = |value: Option<String>| Variant::from(value.unwrap_or_default());
+    let last = status.last.as_ref();
+    vec![
+        ("State", Variant::from(unit.map_or("idle", |u| if u.paused { "paused" } else { "running" }))),
+        ("AssemblyName", text(unit.map(|u| u.assembly_name.clone()))),
+        ("AssemblyId", text(unit.map(|u| u.assembly_id.to_string()))),
+        ("Revision", Variant::from(unit.map_or(0, |u| u.revision))),
+        ("StepIndex", Variant::from(unit.map_or(-1, |u| u.step_index.min(i32::MAX as usize) as i32))),
+        ("StepName", text(unit.map(|u| u.step_name.clone()))),
+        ("StepCount", Variant::from(unit.map_or(0, |u| u.step_count.min(u32::MAX as usize) as u32))),
+        ("Serial", text(unit.map(|u| u.serial.clone()))),
+        ("OperatorName", text(unit.map(|u| u.operator_name.clone()))),
+        ("RecordId", text(unit.map(|u| u.record_id.to_string()))),
+        ("LastRecordId", text(last.map(|l| l.record_id.to_string()))),
+        ("LastSerial", text(last.map(|l| l.serial.clone()))),
+        ("LastOutcome", text(last.map(|l| l.outcome.as_str().to_owned()))),
+    ]
 }
 
 fn station_values(station: &StationSnapshot) -> Vec<(&'static str, Variant)> {

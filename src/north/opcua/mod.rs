@@ -172,13 +172,15 @@ async fn serve(
                 let snapshot = snapshots.borrow_and_update().clone();
                 nodes.write_snapshot(&manager, &subscriptions, &snapshot);
             }
-            notification = notifications.recv() => {
-                if let Ok(Notification::TighteningCompleted(t)) = notification
-                    && let Some(status) = wrenches.status(&t.wrench_id)
-                {
-                    nodes.write_wrench(&manager, &subscriptions, &status);
+            notification = notifications.recv() => match notification {
+                Ok(Notification::TighteningCompleted(t)) => {
+                    if let Some(status) = wrenches.status(&t.wrench_id) {
+                        nodes.write_wrench(&manager, &subscriptions, &status);
+                    }
                 }
-            }
+                Ok(Notification::Coaching(status)) => nodes.write_coaching(&manager, &subscriptions, &status),
+                _ => {}
+            },
             _ = status_tick.tick() => {
                 for status in wrenches.statuses() {
                     nodes.write_wrench(&manager, &subscriptions, &status);
