@@ -510,6 +510,29 @@ fn editable(tx: &Transaction<'_>, assembly_id: Uuid, now: DateTime<Utc>) -> Resu
     }
 }
 
+fn insert_events(tx: &Transaction<'_>, record_seq: i64, events: &[UnitEvent]) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO unit_events (record_seq, at_ms, step_index, kind, inspection_id, tightening_seq, ok, flag,
+             value, text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for e in events {
+        insert.execute(params![
+            record_seq,
+            ms(e.at),
+            e.step.map(|s| s as i64),
+            e.kind,
+            e.inspection_id.map(|i| i.to_string()),
+            e.tightening_seq,
+            e.ok,
+            e.flag,
+            e.value,
+            e.text
+        ])?;
+    }
+    Ok(())
+}
+
 /// Rewrites a step list's positions as 0, 1, 2... in `order`.
 fn renumber(tx: &Transaction<'_>, order: &[i64]) -> rusqlite::Result<()> {
     for (position, id) in order.iter().enumerate() {
@@ -996,32 +1019,13 @@ impl Db {
     /// Appends events to a unit record in one transaction.
     pub fn append_unit_events(&mut self, record_seq: i64, events: &[UnitEvent]) -> Result<(), StorageError> {
         let tx = self.conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO unit_events (record_seq, at_ms, step_index, kind, inspection_id, tightening_seq, ok, flag,
-                     value, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for e in events {
-                insert.execute(params![
-                    record_seq,
-                    ms(e.at),
-                    e.step.map(|s| s as i64),
-                    e.kind,
-                    e.inspection_id.map(|i| i.to_string()),
-                    e.tightening_seq,
-                    e.ok,
-                    e.flag,
-                    e.value,
-                    e.text
-                ])?;
-            }
-        }
+        insert_events(&tx, record_seq, events)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Closes a unit record with its last events and announces it (outbox).
+    /// Closes a unit record with its last events and announces it (outbox), in one
+    /// transaction: a crash leaves the record either open or finished, never in between.
     pub fn finish_unit_record(
         &mut self,
         record_seq: i64,
@@ -1030,8 +1034,8 @@ impl Db {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
-        self.append_unit_events(record_seq, events)?;
         let tx = self.conn.transaction()?;
+        insert_events(&tx, record_seq, events)?;
         tx.execute(
             "UPDATE unit_records SET ended_at_ms = ?2, outcome = ?3, reason = ?4 WHERE seq = ?1 AND ended_at_ms IS NULL",
             params![record_seq, ms(now), outcome.as_str(), reason],

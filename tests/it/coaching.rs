@@ -36,7 +36,7 @@ async fn send(daemon: &Daemon, method: Method, path: &str, body: Value) -> (Stat
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
+pub async fn post(daemon: &Daemon, path: &str, body: Value) -> (StatusCode, Value) {
     send(daemon, Method::POST, path, body).await
 }
 
@@ -77,7 +77,7 @@ async fn tool_enabled(daemon: &Daemon, enabled: bool) {
 }
 
 /// An assembly with `steps` (each a step request and its step data), published.
-async fn make_assembly(daemon: &Daemon, steps: Vec<(Value, Vec<Value>)>) -> String {
+pub async fn make_assembly(daemon: &Daemon, steps: Vec<(Value, Vec<Value>)>) -> String {
     let (status, body) = post(daemon, "/api/v1/assemblies", json!({"name": "housing", "description": "test"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["msg"]["id"].as_str().unwrap().to_owned();
@@ -95,7 +95,7 @@ async fn make_assembly(daemon: &Daemon, steps: Vec<(Value, Vec<Value>)>) -> Stri
     id
 }
 
-async fn make_operator(daemon: &Daemon) -> i64 {
+pub async fn make_operator(daemon: &Daemon) -> i64 {
     let operator =
         json!({"first_name": "Ada", "last_name": "Lovelace", "rfid": "04A1B2", "password": "analytical-engine-1"});
     let (status, body) = post(daemon, "/api/v1/operators", operator).await;

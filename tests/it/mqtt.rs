@@ -314,3 +314,44 @@ async fn pipeline_anomalies_are_published_on_their_topic() {
     assert_eq!(message["label"], "scratch");
     assert!(daemon.shutdown().await);
 }
+
+/// Assembly coaching on MQTT: the finished unit record through the outbox (the REST
+/// record's JSON with `message_seq`) and the coaching state, retained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_records_and_the_coaching_state_are_published() {
+    use crate::coaching::{make_assembly, make_operator, post};
+    use serde_json::json;
+
+    let broker_port = start_broker();
+    let topics = ["stationd/default/assembly/records", "stationd/default/assembly/state"];
+    let mut received = subscribe(broker_port, &topics).await;
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(mqtt_config(state.path(), broker_port)).await;
+    let operator = make_operator(&daemon).await;
+    let steps =
+        vec![(json!({"name": "check the label"}), vec![json!({"data_type": "qa", "prompt": "label straight?"})])];
+    let assembly = make_assembly(&daemon, steps).await;
+    let start = json!({"assembly_id": assembly, "operator_id": operator, "serial": "SN-7"});
+    let (status, body) = post(&daemon, "/api/v1/coaching/start", start).await;
+    assert_eq!(status, hyper::StatusCode::CREATED, "{body}");
+    let (status, body) = post(&daemon, "/api/v1/coaching/qa", json!({"passed": true})).await;
+    assert_eq!(status, hyper::StatusCode::OK, "{body}");
+
+    let (mut record, mut idle) = (None, None);
+    while record.is_none() || idle.is_none() {
+        let (topic, payload) =
+            tokio::time::timeout(PATIENCE, received.recv()).await.expect("messages arrive").expect("subscriber alive");
+        let body: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if topic == topics[0] {
+            record = Some(body);
+        } else if body["state"] == "idle" && body["last_record"]["outcome"] == "completed" {
+            idle = Some(body);
+        }
+    }
+    let record = record.unwrap();
+    assert_eq!((record["serial"].as_str(), record["outcome"].as_str()), (Some("SN-7"), Some("completed")));
+    assert_eq!(record["message_seq"], 1);
+    assert_eq!(record["steps"][0]["qa_passed"], true);
+    assert_eq!(idle.unwrap()["last_record"]["assembly_record_id"], record["id"]);
+    assert!(daemon.shutdown().await);
+}
