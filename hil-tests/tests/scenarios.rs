@@ -120,3 +120,43 @@ fn gpio_trigger_inspects_and_lights_the_decision_lamp() {
     };
     assert_eq!(lit, [decision], "exactly the decision's lamp is lit");
 }
+
+/// Assembly coaching through REST only: an operator, a one-step work instruction with a QA
+/// confirmation, one unit built and its record stored. Names are unique per run, because a
+/// bench keeps its database.
+#[test]
+fn a_unit_is_coached_through_a_qa_step_and_recorded() {
+    let rig = Rig::from_env();
+    let post = |path: &str, body: serde_json::Value| {
+        let answer = rig.request("POST", path, Some("application/json"), body.to_string().as_bytes());
+        let json = answer.json();
+        (answer.status, json)
+    };
+    let run = format!("{}-{}", std::process::id(), std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_millis());
+    let (status, operator) = post("/api/v1/operators", serde_json::json!({"first_name": "HIL", "last_name": run}));
+    assert_eq!(status, 201, "{operator}");
+    let (status, assembly) = post("/api/v1/assemblies", serde_json::json!({"name": format!("HIL {run}")}));
+    assert_eq!(status, 201, "{assembly}");
+    let assembly_id = assembly["msg"]["id"].as_str().unwrap();
+    let (status, step) =
+        post(&format!("/api/v1/assemblies/{assembly_id}/steps"), serde_json::json!({"name": "confirm"}));
+    assert_eq!(status, 201, "{step}");
+    let step_data = serde_json::json!({"data_type": "qa", "prompt": "HIL check"});
+    assert_eq!(post(&format!("/api/v1/steps/{}/data", step["id"]), step_data).0, 201);
+    assert_eq!(post(&format!("/api/v1/assemblies/{assembly_id}/publish"), serde_json::json!({})).0, 200);
+
+    let serial = format!("HIL-{run}");
+    let start = serde_json::json!({"assembly_id": assembly_id, "operator_id": operator["msg"]["id"], "serial": serial});
+    let (status, started) = post("/api/v1/coaching/start", start);
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["msg"]["step_name"], "confirm");
+    let (status, answered) = post("/api/v1/coaching/qa", serde_json::json!({"passed": true}));
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["msg"]["state"], "idle");
+    let record_id = answered["msg"]["last_record"]["assembly_record_id"].as_str().unwrap();
+    let record = rig.get(&format!("/api/v1/assembly-records/{record_id}")).json();
+    assert_eq!(
+        (record["msg"]["outcome"].as_str(), record["msg"]["serial"].as_str()),
+        (Some("completed"), Some(serial.as_str()))
+    );
+}
