@@ -650,6 +650,13 @@ impl Db {
             .query_row("SELECT family_id FROM assemblies WHERE id = ?1", [id.to_string()], |r| r.get(0))
             .optional()?;
         let family = family.ok_or_else(|| AssemblyError::NotFound(format!("assembly {id}")))?;
+        let published: bool =
+            tx.query_row("SELECT published FROM assemblies WHERE id = ?1", [id.to_string()], |r| r.get(0))?;
+        if active && !published {
+            return Err(AssemblyError::Conflict(format!(
+                "assembly {id} is a draft: publish it before making it active"
+            )));
+        }
         if active {
             tx.execute("UPDATE assemblies SET active = 0 WHERE family_id = ?1", [&family])?;
         }

@@ -249,8 +249,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX step_actions_by_step ON step_actions (step_id, position);
     CREATE TABLE operators (
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
-        first_name    TEXT NOT NULL,
-        last_name     TEXT NOT NULL,
+        first_name    TEXT NOT NULL COLLATE NOCASE,
+        last_name     TEXT NOT NULL COLLATE NOCASE,
         role          TEXT NOT NULL,
         rfid          TEXT UNIQUE,
         password_hash TEXT,

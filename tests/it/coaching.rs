@@ -319,3 +319,89 @@ async fn an_estop_aborts_the_unit_resets_its_outputs_and_disables_the_tool() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(daemon.shutdown().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_instructions_refuse_bad_input_and_keep_the_step_order_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let (_, body) = post(&daemon, "/api/v1/assemblies", json!({"name": "clamp job"})).await;
+    let id = body["msg"]["id"].as_str().unwrap().to_owned();
+    let mut steps = Vec::new();
+    for (name, data) in [
+        ("close the clamp", json!({"data_type": "OUTPUT", "line": "amber", "level": true})),
+        ("look", json!({"data_type": "ml"})),
+        ("open the clamp", json!({"data_type": "output", "line": "amber", "level": false})),
+    ] {
+        let (status, body) = post(&daemon, &format!("/api/v1/assemblies/{id}/steps"), json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let step = body["id"].as_i64().unwrap();
+        assert_eq!(post(&daemon, &format!("/api/v1/steps/{step}/data"), data).await.0, StatusCode::CREATED);
+        steps.push(step);
+    }
+    let refused = [
+        (json!({"data_type": "ocr-capture"}), "ocr-capture is not supported yet"),
+        (json!({"data_type": "ml", "count": 3}), "count does not apply to data_type ml"),
+        (
+            json!({"data_type": "ml", "expected_items": [{"name": "bolt", "quantity": 2}]}),
+            "expected_items needs a detection model",
+        ),
+        (json!({"data_type": "torque-only", "count": 2}), "a torque-only step has no vision check"),
+        (json!({"data_type": "torque", "count": 0}), "count must be between 1 and 99"),
+        (json!({"data_type": "input", "line": "green"}), "line: no GPIO input \"green\""),
+        (json!({"data_type": "weld"}), "data_type \"weld\" is not one of"),
+    ];
+    for (data, detail) in refused {
+        let (status, body) = post(&daemon, &format!("/api/v1/steps/{}/data", steps[1]), data.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{data}: {body}");
+        assert!(body["detail"].as_str().unwrap().starts_with(detail), "{data}: {body}");
+    }
+
+    // Opening the clamp depends on closing it.
+    let step_path = |step: i64| format!("/api/v1/assemblies/{id}/steps/{step}");
+    let (_, moves) = daemon.get_json(&format!("{}/allowed-moves", step_path(steps[2]))).await;
+    assert_eq!(moves["msg"], json!([1, 2]));
+    let (_, deletable) = daemon.get_json(&format!("{}/deletable", step_path(steps[0]))).await;
+    assert_eq!(deletable["msg"], json!({"deletable": false, "dependents": [2]}));
+    let (status, body) = post(&daemon, &format!("{}/move", step_path(steps[2])), json!({"step_index": 0})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(send(&daemon, Method::DELETE, &step_path(steps[0]), json!({})).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        post(&daemon, &format!("{}/move", step_path(steps[1])), json!({"step_index": 0})).await.0,
+        StatusCode::OK
+    );
+    let (_, listed) = daemon.get_json(&format!("/api/v1/assemblies/{id}/steps")).await;
+    let names: Vec<&str> = listed["msg"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["look", "close the clamp", "open the clamp"]);
+
+    let (status, _) =
+        send(&daemon, Method::PUT, &format!("/api/v1/assemblies/{id}/active"), json!({"active": true})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a draft cannot be the active revision");
+    assert_eq!(daemon.get_json("/api/v1/assemblies/not-a-uuid").await.0, StatusCode::NOT_FOUND);
+
+    // Operators: password rules, names unique whatever their case.
+    let weak = json!({"first_name": "Grace", "last_name": "Hopper", "password": "hopper-1234567"});
+    let (status, body) = post(&daemon, "/api/v1/operators", weak).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("password must not contain the operator's name"))
+    );
+    assert_eq!(
+        post(&daemon, "/api/v1/operators", json!({"first_name": "Grace", "last_name": "Hopper"})).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post(&daemon, "/api/v1/operators", json!({"first_name": "grace", "last_name": "HOPPER"})).await.0,
+        StatusCode::CONFLICT
+    );
+    let (status, body) = post(&daemon, "/api/v1/operators/validate-password", json!({"password": "short"})).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("password must have at least 10 characters"))
+    );
+    let (_, found) = daemon.get_json("/api/v1/operators/by-name?first_name=GRACE&last_name=hopper").await;
+    assert_eq!(
+        (found["msg"]["first_name"].as_str(), found["msg"]["has_password"].as_bool()),
+        (Some("Grace"), Some(false))
+    );
+    assert!(daemon.shutdown().await);
+}

@@ -668,6 +668,28 @@ impl StepDataRequest {
                 "expected_items needs a detection model, which stationd cannot run yet; use expected_class",
             ));
         }
+        // Fields another data type uses are refused rather than silently dropped.
+        let set = [
+            ("expected_class", self.expected_class.is_some(), &["ml", "qa-dwell"][..]),
+            ("mode", self.mode.is_some(), &["ml"]),
+            ("dwell_s", self.dwell_s.is_some(), &["qa-dwell"]),
+            ("wrench_id", self.wrench_id.is_some(), &["torque", "torque-only"]),
+            ("program_nr", self.program_nr.is_some(), &["torque", "torque-only"]),
+            ("count", self.count.is_some(), &["torque", "torque-only"]),
+            ("target_torque", self.target_torque.is_some(), &["torque", "torque-only"]),
+            ("tolerance", self.tolerance.is_some(), &["torque", "torque-only"]),
+            ("nok_policy", self.nok_policy.is_some(), &["torque", "torque-only"]),
+            ("max_nok", self.max_nok.is_some(), &["torque", "torque-only"]),
+            ("line", self.line.is_some(), &["input", "output"]),
+            ("level", self.level.is_some(), &["input", "output"]),
+            ("prompt", self.prompt.is_some(), &["qa"]),
+        ];
+        let known = ["ml", "qa-dwell", "torque", "torque-only", "input", "output", "qa"];
+        if known.contains(&kind.as_str())
+            && let Some((field, _, _)) = set.iter().find(|(_, given, kinds)| *given && !kinds.contains(&kind.as_str()))
+        {
+            return Err(ApiError::unprocessable(format!("{field} does not apply to data_type {kind}")));
+        }
         let line = |line: Option<String>, output: bool| -> Result<String, ApiError> {
             let line = line.ok_or_else(|| ApiError::unprocessable(format!("line is required for {kind}")))?;
             let gpio = state.gpio.as_ref().map(|g| g.config());
