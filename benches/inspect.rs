@@ -194,6 +194,95 @@ fn main() {
     let (gpio_total, gpio_overhead) = gpio_trigger_to_output();
     report("GPIO edge -> result outputs set (in-process)", gpio_total);
     report("  minus inference", gpio_overhead);
+    report("coaching: MID 0061 -> unit event committed", coaching_tightening_to_unit_event());
+}
+
+/// Assembly coaching, in process: from the controller writing a tightening to the unit
+/// record holding it (the coaching state published after the event's commit). Both the
+/// tightening and the unit event are SQLite commits with synchronous=FULL.
+fn coaching_tightening_to_unit_event() -> Vec<f64> {
+    use stationd::core::assembly::{Action, NokPolicy, TorqueCheck};
+    use stationd::storage::{AssemblyFields, Db, NewOperator, StepFields};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let text = stationd::config::EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().display().to_string()))
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"");
+    let mut config = stationd::config::Config::from_toml_str(&text).unwrap();
+    config.wrenches.clear();
+    // The work instruction: 7 steps of 50 tightenings, stored before the daemon starts.
+    let now = chrono::Utc::now();
+    let (assembly, operator) = {
+        let mut db = Db::open(state.path(), false).unwrap();
+        let operator = NewOperator {
+            first_name: "Bench".into(),
+            last_name: "Operator".into(),
+            role: "operator".into(),
+            rfid: None,
+            password_hash: None,
+            active: true,
+        };
+        let operator = db.insert_operator(operator, now).unwrap().id;
+        let assembly = db.insert_assembly(AssemblyFields { name: Some("bench".into()), ..Default::default() }, now);
+        let assembly = assembly.unwrap().id;
+        let torque = Action::Torque(TorqueCheck {
+            wrench: "bench".into(),
+            pset: None,
+            count: 50,
+            target: None,
+            tolerance: None,
+            nok: NokPolicy::Rework { max_nok: None },
+            only: true,
+        });
+        for i in 0..7 {
+            let fields = StepFields { name: Some(format!("step {i}")), ..Default::default() };
+            let step = db.insert_step(assembly, fields, None, now).unwrap();
+            db.put_step_action(assembly, step.id, None, "screws", &torque, now).unwrap();
+        }
+        db.publish_assembly(assembly, None, now).unwrap();
+        (assembly, operator)
+    };
+    runtime.block_on(async {
+        let controller = stationd::south::wrench::sim::SimController::bind(
+            ([127, 0, 0, 1], 0).into(),
+            stationd::south::wrench::sim::SimSettings::default(),
+        )
+        .await
+        .unwrap();
+        let wrench = controller.handle();
+        let stop = tokio_util::sync::CancellationToken::new();
+        #[allow(clippy::disallowed_methods, reason = "a bench's controller, not a daemon service")]
+        tokio::spawn(controller.run(stop.clone()));
+        let app = stationd::app::start(config).await.unwrap();
+        app.wait_ready().await.unwrap();
+        let mut settings = stationd::south::wrench::WrenchSettings::new("bench", "127.0.0.1", wrench.addr().port());
+        settings.station_id = Some("default".into());
+        app.wrenches.connect(settings).unwrap();
+        wrench.until(|s| s.requests.iter().filter(|mid| **mid == 64).count() >= 2).await;
+        let start = stationd::coaching::StartRequest {
+            assembly_id: assembly,
+            operator_id: operator,
+            serial: "BENCH-1".into(),
+            first_step: 0,
+        };
+        app.coaching.start(start).await.unwrap();
+        let mut samples = Vec::new();
+        for i in 0..WARMUP + ITERATIONS {
+            let mut notifications = app.bus.notifications.subscribe();
+            let started = Instant::now();
+            wrench.tighten(true).expect("the tool is enabled");
+            while !matches!(notifications.recv().await.unwrap(), stationd::bus::Notification::Coaching(_)) {}
+            if i >= WARMUP {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        stop.cancel();
+        assert!(app.shutdown().await);
+        samples
+    })
 }
 
 /// A trigger input's edge (simulated chip, debounce 0) to the result's outputs being set

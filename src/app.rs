@@ -35,6 +35,8 @@ pub struct RunningApp {
     pub readiness: Readiness,
     pub bus: Bus,
     pub wrenches: wrench::Wrenches,
+    /// Assembly coaching (tests and benches start units through it directly).
+    pub coaching: crate::coaching::Coaching,
     /// The simulated GPIO chip's wiring side, with `[gpio] backend = "sim"`.
     pub gpio_sim: Option<GpioSimControl>,
     /// Number of REST requests being served.
@@ -257,7 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         stop: tokio_util::sync::CancellationToken::new(),
         metrics,
         pipelines,
-        coaching,
+        coaching: coaching.clone(),
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
         image_retention: config.image_retention,
@@ -271,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         readiness: supervisor.readiness(),
         bus,
         wrenches,
+        coaching,
         gpio_sim,
         in_flight: in_flight_rx,
         supervisor,
