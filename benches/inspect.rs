@@ -32,6 +32,15 @@ fn report(name: &str, mut samples: Vec<f64>) {
     );
 }
 
+/// The embedded defaults with state under `state_dir` and every listener on port 0.
+fn config_text(state_dir: &std::path::Path) -> String {
+    stationd::config::EMBEDDED_DEFAULTS
+        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state_dir.display().to_string()))
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
+        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -74,15 +83,7 @@ fn main() {
     // The daemon, as a separate process.
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("stationd.toml");
-    let text = stationd::config::EMBEDDED_DEFAULTS
-        .replace(
-            "state_dir = \"./var\"",
-            &format!("state_dir = {:?}", state.path().join("state").display().to_string()),
-        )
-        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
-        .replace("sim_interval_ms = 5000\n", "")
+    let text = config_text(&state.path().join("state")).replace("sim_interval_ms = 5000\n", "")
         + &format!(
             "\n[wrenches.bench]\nbackend = \"open-protocol\"\naddress = \"127.0.0.1\"\nport = {}\nstation = \"default\"\n",
             wrench.addr().port()
@@ -206,11 +207,7 @@ fn coaching_tightening_to_unit_event() -> Vec<f64> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let text = stationd::config::EMBEDDED_DEFAULTS
-        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().display().to_string()))
-        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"");
+    let text = config_text(state.path());
     let mut config = stationd::config::Config::from_toml_str(&text).unwrap();
     config.wrenches.clear();
     // The work instruction: 7 steps of 50 tightenings, stored before the daemon starts.
@@ -291,11 +288,7 @@ fn coaching_tightening_to_unit_event() -> Vec<f64> {
 fn gpio_trigger_to_output() -> (Vec<f64>, Vec<f64>) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let text = stationd::config::EMBEDDED_DEFAULTS
-        .replace("state_dir = \"./var\"", &format!("state_dir = {:?}", state.path().display().to_string()))
-        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:5020\"", "bind = \"127.0.0.1:0\"")
-        .replace("bind = \"127.0.0.1:4840\"", "bind = \"127.0.0.1:0\"")
+    let text = config_text(state.path())
         .replace("sim_interval_ms = 5000\n", "")
         .replace("line = 0\n", "line = 0\ndebounce_ms = 0\n");
     let config = stationd::config::Config::from_toml_str(&text).unwrap();

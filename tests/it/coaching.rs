@@ -10,24 +10,12 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use stationd::south::wrench::WrenchSettings;
-use stationd::south::wrench::sim::{SimController, SimHandle, SimSettings};
+use stationd::south::wrench::sim::SimSettings;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{Daemon, test_config};
+use crate::support::{Daemon, start_sim, test_config};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn start_sim() -> (SimHandle, CancellationToken) {
-    let settings = SimSettings { first_id: 1, ..SimSettings::default() };
-    let sim = SimController::bind(([127, 0, 0, 1], 0).into(), settings).await.expect("sim binds");
-    let handle = sim.handle();
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    #[allow(clippy::disallowed_methods, reason = "a test controller, not a daemon service")]
-    tokio::spawn(async move { sim.run(stop).await });
-    (handle, token)
-}
 
 async fn send(daemon: &Daemon, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
     let (status, _, bytes) = daemon
@@ -110,7 +98,7 @@ async fn builds_one_unit_with_vision_torque_rework_and_an_input_and_stores_its_r
     config.wrenches.clear();
     let daemon = Daemon::start_with(config).await;
     let gpio = daemon.app.gpio_sim.clone().unwrap();
-    let (sim, _stop) = start_sim().await;
+    let (sim, _stop) = start_sim(SimSettings { first_id: 1, ..SimSettings::default() }).await;
     let mut settings = WrenchSettings::new("w1", "127.0.0.1", sim.addr().port());
     settings.station_id = Some("default".into());
     daemon.app.wrenches.connect(settings).unwrap();
@@ -256,7 +244,7 @@ async fn an_estop_aborts_the_unit_resets_its_outputs_and_disables_the_tool() {
     config.coaching.estop_input = Some("part_present".into());
     let daemon = Daemon::start_with(config).await;
     let gpio = daemon.app.gpio_sim.clone().unwrap();
-    let (sim, _stop) = start_sim().await;
+    let (sim, _stop) = start_sim(SimSettings { first_id: 1, ..SimSettings::default() }).await;
     daemon.app.wrenches.connect(WrenchSettings::new("w1", "127.0.0.1", sim.addr().port())).unwrap();
     post(&daemon, "/api/v1/settings/release-control", json!({"release_control_enabled": true})).await;
     let operator = make_operator(&daemon).await;

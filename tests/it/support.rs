@@ -216,3 +216,18 @@ pub fn multipart(file: &[u8], content_type: &str, fields: &[(&str, &str)]) -> (&
 pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(format!("examples/parts/{name}")).expect("sample image")
 }
+
+/// A controller simulator on 127.0.0.1:0, running until the token is cancelled.
+pub async fn start_sim(
+    settings: stationd::south::wrench::sim::SimSettings,
+) -> (stationd::south::wrench::sim::SimHandle, tokio_util::sync::CancellationToken) {
+    let sim = stationd::south::wrench::sim::SimController::bind(([127, 0, 0, 1], 0).into(), settings)
+        .await
+        .expect("sim binds");
+    let handle = sim.handle();
+    let token = tokio_util::sync::CancellationToken::new();
+    let stop = token.clone();
+    #[allow(clippy::disallowed_methods, reason = "a test controller, not a daemon service")]
+    tokio::spawn(async move { sim.run(stop).await });
+    (handle, token)
+}

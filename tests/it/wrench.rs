@@ -8,24 +8,13 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use stationd::bus::Notification;
-use stationd::south::wrench::sim::{SimController, SimHandle, SimSettings};
+use stationd::south::wrench::sim::{SimHandle, SimSettings};
 use stationd::south::wrench::{LinkState, WrenchSettings};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{Daemon, test_config};
+use crate::support::{Daemon, start_sim, test_config};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-async fn start_sim(settings: SimSettings) -> (SimHandle, CancellationToken) {
-    let sim = SimController::bind(([127, 0, 0, 1], 0).into(), settings).await.expect("sim binds");
-    let handle = sim.handle();
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    #[allow(clippy::disallowed_methods, reason = "a test controller, not a daemon service")]
-    tokio::spawn(async move { sim.run(stop).await });
-    (handle, token)
-}
 
 fn sim_settings() -> SimSettings {
     SimSettings { first_id: 1, ..SimSettings::default() }
