@@ -427,15 +427,20 @@ impl Service {
     fn plan(&self, assembly: &Assembly, steps: Vec<Step>) -> Result<Plan, CoachingError> {
         let wrench_ids = self.devices.wrenches.ids();
         let gpio = self.devices.gpio.as_ref().map(GpioHandle::config);
-        let has_camera = self.devices.inspector.has_camera(&self.station);
+        let camera = self.devices.inspector.camera_of(&self.station);
         let mut planned = Vec::with_capacity(steps.len());
         for step in steps {
             let at = |what: String| CoachingError::Invalid(format!("step {} ({:?}): {what}", step.index, step.name));
+            if let Some(wanted) = &step.camera_id
+                && camera != Some(wanted.as_str())
+            {
+                return Err(at(format!("camera {wanted:?} is not the camera of station {:?}", self.station)));
+            }
             let mut actions = Vec::with_capacity(step.actions.len());
             for entry in step.actions {
                 let mut action = entry.action;
                 match &mut action {
-                    Action::Vision(_) if !has_camera => {
+                    Action::Vision(_) if camera.is_none() => {
                         return Err(at(format!("station {:?} has no camera for a vision check", self.station)));
                     }
                     Action::Torque(check) => {

@@ -104,9 +104,9 @@ impl Inspector {
         self.stations.contains_key(station_id)
     }
 
-    /// Whether `station_id` exists and has a camera to inspect with.
-    pub fn has_camera(&self, station_id: &str) -> bool {
-        self.stations.get(station_id).is_some_and(|s| s.camera.is_some())
+    /// The camera `station_id` inspects with, if the station exists and has one.
+    pub fn camera_of(&self, station_id: &str) -> Option<&str> {
+        self.stations.get(station_id)?.camera.as_deref()
     }
 
     pub fn cameras(&self) -> &BTreeMap<String, CameraHandle> {
