@@ -385,6 +385,8 @@ impl Session {
                 self.state = State::Running;
                 effects.push(Effect::Message(Message::Resumed { step: self.step }));
                 self.request_devices(&mut effects);
+                // An input may have reached its level during the pause.
+                self.advance_if_done(now, &mut effects);
             }
             Input::SetStep { index } => {
                 if index >= self.plan.steps.len() {

@@ -401,3 +401,28 @@ fn dependencies_limit_moves_and_deletes() {
     assert_eq!(dependents(&steps, 0), [3]);
     assert!(dependents(&steps, 3).is_empty());
 }
+
+#[test]
+fn an_input_met_during_a_pause_completes_the_step_on_resume() {
+    let plan = plan(vec![step("clamp", vec![Action::Input { line: "clamp".into(), active: true }])]);
+    let script = vec![(1, Input::Pause), (2, Input::Level { line: "clamp".into(), active: true }), (5, Input::Resume)];
+    check(
+        plan,
+        true,
+        script,
+        expect![[r#"
+          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
+          StepAdvance { step: 0, name: "clamp" }
+          -> ReadInput { line: "clamp" }
+        @1 Pause
+          Paused { step: 0 }
+        @2 Level { line: "clamp", active: true }
+          Io { step: 0, line: "clamp", active: true, output: false }
+        @5 Resume
+          Resumed { step: 0 }
+          StepComplete { step: 0, active: TimeDelta { secs: 1, nanos: 0 }, over_benchmark: false }
+          AssemblyComplete { outcome: Completed, reason: None, active: TimeDelta { secs: 1, nanos: 0 } }
+        state: Finished(Completed)
+    "#]],
+    );
+}
