@@ -97,7 +97,7 @@ fn main() {
         .stdin(Stdio::piped())
         .spawn()
         .expect("stationd user add");
-    add.stdin.take().unwrap().write_all(b"bench-password-1\n").unwrap();
+    add.stdin.take().unwrap().write_all(b"load-test-pass-1\n").unwrap();
     assert!(add.wait().unwrap().success());
     let mut child = Command::new(env!("CARGO_BIN_EXE_stationd"))
         .args(["run", "--config"])
@@ -139,7 +139,7 @@ fn main() {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let login = Request::post(format!("http://{addr}/api/v1/auth/login"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"username": "bench", "password": "bench-password-1"}"#)))
+            .body(Full::new(Bytes::from_static(br#"{"username": "bench", "password": "load-test-pass-1"}"#)))
             .unwrap();
         let body = client.request(login).await.unwrap().into_body().collect().await.unwrap().to_bytes();
         let login: serde_json::Value = serde_json::from_slice(&body).unwrap();
