@@ -486,10 +486,6 @@ fn read_unit(row: &Row<'_>) -> rusqlite::Result<UnitRecord> {
     })
 }
 
-fn is_constraint(err: &rusqlite::Error) -> bool {
-    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation)
-}
-
 /// Refuses changes to a published (frozen) revision.
 fn editable(tx: &Transaction<'_>, assembly_id: Uuid, now: DateTime<Utc>) -> Result<(), AssemblyError> {
     let published: Option<bool> = tx
@@ -919,7 +915,7 @@ impl Db {
         );
         match inserted {
             Ok(_) => Ok(self.operator(self.conn.last_insert_rowid())?.expect("just inserted")),
-            Err(err) if is_constraint(&err) => {
+            Err(err) if super::users::is_unique_violation(&err) => {
                 Err(AssemblyError::Conflict("an operator with this name or RFID tag already exists".into()))
             }
             Err(err) => Err(err.into()),
@@ -983,7 +979,7 @@ impl Db {
         match updated {
             Ok(0) => Err(AssemblyError::NotFound(format!("operator {id}"))),
             Ok(_) => Ok(self.operator(id)?.expect("exists")),
-            Err(err) if is_constraint(&err) => {
+            Err(err) if super::users::is_unique_violation(&err) => {
                 Err(AssemblyError::Conflict("an operator with this name or RFID tag already exists".into()))
             }
             Err(err) => Err(err.into()),

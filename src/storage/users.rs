@@ -76,7 +76,7 @@ fn read_user(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
-fn is_unique_violation(err: &rusqlite::Error) -> bool {
+pub(super) fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
