@@ -206,15 +206,9 @@ pub async fn qa(
     command(&state, body.assembly_record_id.as_deref(), input).await
 }
 
-#[derive(Serialize)]
-struct WsEvent<'a> {
-    status: &'a str,
-    msg: serde_json::Value,
-}
-
-fn ws_text(status: &str, msg: impl Serialize) -> String {
-    let msg = serde_json::to_value(msg).expect("plain data serialises");
-    serde_json::to_string(&WsEvent { status, msg }).expect("plain data serialises")
+/// One WebSocket message, in the seed's envelope.
+fn ws_text(status: &'static str, msg: impl Serialize) -> String {
+    serde_json::to_string(&Envelope::new(status, msg)).expect("plain data serialises")
 }
 
 #[derive(Serialize)]

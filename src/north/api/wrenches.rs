@@ -34,8 +34,14 @@ pub struct Envelope<T: Serialize> {
     msg: T,
 }
 
+impl<T: Serialize> Envelope<T> {
+    pub(super) fn new(status: &'static str, msg: T) -> Envelope<T> {
+        Envelope { status, msg }
+    }
+}
+
 pub(super) fn ok<T: Serialize>(msg: T) -> Json<Envelope<T>> {
-    Json(Envelope { status: "ok", msg })
+    Json(Envelope::new("ok", msg))
 }
 
 impl From<WrenchError> for ApiError {
