@@ -352,6 +352,8 @@ async fn work_instructions_refuse_bad_input_and_keep_the_step_order_rules() {
     assert_eq!(deletable["msg"], json!({"deletable": false, "dependents": [2]}));
     let (status, body) = post(&daemon, &format!("{}/move", step_path(steps[2])), json!({"step_index": 0})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = send(&daemon, Method::PUT, &step_path(steps[2]), json!({"step_index": 0})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a PUT moves under the same rules: {body}");
     assert_eq!(send(&daemon, Method::DELETE, &step_path(steps[0]), json!({})).await.0, StatusCode::CONFLICT);
     assert_eq!(
         post(&daemon, &format!("{}/move", step_path(steps[1])), json!({"step_index": 0})).await.0,

@@ -524,7 +524,7 @@ pub async fn get_step(
 
 /// Changes a step of a draft revision.
 #[utoipa::path(put, path = "/api/v1/assemblies/{id}/steps/{step_id}", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)), request_body = StepRequest,
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "published, or the move breaks a step dependency", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_step(
     State(state): State<ApiState>,
@@ -534,10 +534,10 @@ pub async fn update_step(
     let id = assembly_id(&id)?;
     let Json(body) = body.map_err(json_error)?;
     let (fields, index) = body.fields(&state)?;
-    let step = state.inspector.storage.edit(move |db| db.update_step(id, step_id, fields, Utc::now())).await?;
     if let Some(index) = index {
-        state.inspector.storage.edit(move |db| db.move_step(id, step_id, index, Utc::now())).await?;
+        move_checked(&state, id, step_id, index).await?;
     }
+    let step = state.inspector.storage.edit(move |db| db.update_step(id, step_id, fields, Utc::now())).await?;
     Ok(Json(IdDto { id: step.id }))
 }
 
@@ -579,19 +579,25 @@ pub async fn move_step(
 ) -> Result<Json<IdDto>, ApiError> {
     let id = assembly_id(&id)?;
     let Json(body) = body.map_err(json_error)?;
-    let (steps, index) = load_step(&state, id, step_id).await?;
-    if body.step_index >= steps.len() {
+    move_checked(&state, id, step_id, body.step_index).await?;
+    Ok(Json(IdDto { id: step_id }))
+}
+
+/// Moves a step to index `to`, refusing an index out of range (422) and a move that breaks
+/// a step dependency (409). Both `/move` and a `PUT` with `step_index` come here.
+async fn move_checked(state: &ApiState, id: Uuid, step_id: i64, to: usize) -> Result<(), ApiError> {
+    let (steps, index) = load_step(state, id, step_id).await?;
+    if to >= steps.len() {
         return Err(ApiError::unprocessable(format!("step_index must be below {}", steps.len())));
     }
-    if !plan::allowed_moves(&action_lists(&steps), index).contains(&body.step_index) {
+    if !plan::allowed_moves(&action_lists(&steps), index).contains(&to) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("moving step {index} to {} would break a step dependency", body.step_index),
+            format!("moving step {index} to {to} would break a step dependency"),
         ));
     }
-    let to = body.step_index;
     state.inspector.storage.edit(move |db| db.move_step(id, step_id, to, Utc::now())).await?;
-    Ok(Json(IdDto { id: step_id }))
+    Ok(())
 }
 
 /// The indexes this step may move to without breaking a dependency.
