@@ -542,11 +542,15 @@ impl Session {
             _ => progress.done(),
         });
         // A step without actions is an instruction: it waits for the operator's QA answer.
-        if !all_done || step.actions.is_empty() {
-            return;
+        if all_done && !step.actions.is_empty() {
+            self.complete_step(now, effects);
         }
+    }
+
+    /// Records the current step as complete and moves to the next one, or ends the unit.
+    fn complete_step(&mut self, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         let active = self.active_in_step(now);
-        let over_benchmark = step.benchmark.is_some_and(|b| active > b);
+        let over_benchmark = self.current().benchmark.is_some_and(|b| active > b);
         self.disable_wrenches(effects);
         effects.push(Effect::Message(Message::StepComplete { step: self.step, active, over_benchmark }));
         if self.step + 1 < self.plan.steps.len() {
@@ -726,14 +730,7 @@ impl Session {
             Some(at) => self.progress[at] = Progress::Qa { passed: true },
             None => {
                 // An instruction step: the confirmation completes it.
-                let active = self.active_in_step(now);
-                let over_benchmark = self.current().benchmark.is_some_and(|b| active > b);
-                effects.push(Effect::Message(Message::StepComplete { step: step_index, active, over_benchmark }));
-                if step_index + 1 < self.plan.steps.len() {
-                    self.enter(step_index + 1, now, effects);
-                } else {
-                    self.finish(Outcome::Completed, None, now, effects);
-                }
+                self.complete_step(now, effects);
                 return Ok(());
             }
         }
