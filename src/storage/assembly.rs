@@ -486,7 +486,8 @@ fn read_unit(row: &Row<'_>) -> rusqlite::Result<UnitRecord> {
     })
 }
 
-/// Refuses changes to a published (frozen) revision.
+/// Refuses changes to a published (frozen) revision; otherwise stamps the revision as
+/// edited now, inside the edit's transaction.
 fn editable(tx: &Transaction<'_>, assembly_id: Uuid, now: DateTime<Utc>) -> Result<(), AssemblyError> {
     let published: Option<bool> = tx
         .query_row("SELECT published FROM assemblies WHERE id = ?1", [assembly_id.to_string()], |r| r.get(0))
@@ -642,12 +643,12 @@ impl Db {
     /// Makes `id` the active revision of its family (the others inactive), or inactive.
     pub fn set_assembly_active(&mut self, id: Uuid, active: bool) -> Result<Assembly, AssemblyError> {
         let tx = self.conn.transaction()?;
-        let family: Option<String> = tx
-            .query_row("SELECT family_id FROM assemblies WHERE id = ?1", [id.to_string()], |r| r.get(0))
+        let found: Option<(String, bool)> = tx
+            .query_row("SELECT family_id, published FROM assemblies WHERE id = ?1", [id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        let family = family.ok_or_else(|| AssemblyError::NotFound(format!("assembly {id}")))?;
-        let published: bool =
-            tx.query_row("SELECT published FROM assemblies WHERE id = ?1", [id.to_string()], |r| r.get(0))?;
+        let (family, published) = found.ok_or_else(|| AssemblyError::NotFound(format!("assembly {id}")))?;
         if active && !published {
             return Err(AssemblyError::Conflict(format!(
                 "assembly {id} is a draft: publish it before making it active"
