@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::dto::AlertDto;
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use crate::bus::Notification;
 use crate::core::alerts::Severity;
 use crate::storage::AlertFilter;
@@ -40,7 +40,7 @@ pub struct AlertList {
     path = "/api/v1/alerts",
     tag = "alerts",
     params(AlertQuery),
-    responses((status = 200, description = "done", body = AlertList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = AlertList), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn list(
@@ -70,7 +70,7 @@ pub async fn list(
     path = "/api/v1/alerts/{id}/acknowledge",
     tag = "alerts",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = AlertDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = AlertDto), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn acknowledge(

@@ -18,7 +18,7 @@ use super::ApiState;
 use super::dto::rfc3339;
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use super::wrenches::{Envelope, json_error, ok};
 use crate::core::assembly::{self as plan, Action, NokPolicy, TorqueCheck, VisionCheck};
 use crate::storage::{
@@ -241,7 +241,7 @@ impl AssemblyRequest {
 
 /// Every revision of every assembly.
 #[utoipa::path(get, path = "/api/v1/assemblies", tag = "assemblies",
-    responses((status = 200, description = "done", body = Envelope<Vec<AssemblyDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<AssemblyDto>>), Guarded),
     security(("bearer" = [])))]
 pub async fn list_assemblies(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<AssemblyDto>>>, ApiError> {
     let all = state.inspector.storage.call(|db| db.assemblies()).await?;
@@ -250,7 +250,7 @@ pub async fn list_assemblies(State(state): State<ApiState>) -> Result<Json<Envel
 
 /// Creates an assembly: revision 1 of a new family, a draft.
 #[utoipa::path(post, path = "/api/v1/assemblies", tag = "assemblies", request_body = AssemblyRequest,
-    responses((status = 201, description = "created", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "created", body = Envelope<AssemblyDto>), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn create_assembly(
     State(state): State<ApiState>,
@@ -267,7 +267,7 @@ pub async fn create_assembly(
 
 /// One assembly revision.
 #[utoipa::path(get, path = "/api/v1/assemblies/{id}", tag = "assemblies", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn get_assembly(
     State(state): State<ApiState>,
@@ -281,7 +281,7 @@ pub async fn get_assembly(
 
 /// Changes a draft revision's name, description, image, approver or notes.
 #[utoipa::path(put, path = "/api/v1/assemblies/{id}", tag = "assemblies", params(("id" = String, Path)), request_body = AssemblyRequest,
-    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn update_assembly(
     State(state): State<ApiState>,
@@ -297,7 +297,7 @@ pub async fn update_assembly(
 
 /// Deletes a revision that no unit was built to.
 #[utoipa::path(delete, path = "/api/v1/assemblies/{id}", tag = "assemblies", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "units were built to it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 409, description = "units were built to it", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn delete_assembly(
     State(state): State<ApiState>,
@@ -316,7 +316,7 @@ pub struct PublishRequest {
 
 /// Publishes (freezes) a draft revision so that it can be coached.
 #[utoipa::path(post, path = "/api/v1/assemblies/{id}/publish", tag = "assemblies", params(("id" = String, Path)), request_body = PublishRequest,
-    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "already published, or no steps", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 409, description = "already published, or no steps", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn publish_assembly(
     State(state): State<ApiState>,
@@ -338,7 +338,7 @@ pub struct ActiveRequest {
 
 /// Sets a revision active; the family's other revisions become inactive.
 #[utoipa::path(put, path = "/api/v1/assemblies/{id}/active", tag = "assemblies", params(("id" = String, Path)), request_body = ActiveRequest,
-    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<AssemblyDto>), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn set_active(
     State(state): State<ApiState>,
@@ -353,7 +353,7 @@ pub async fn set_active(
 
 /// A new draft revision of this assembly with a copy of this revision's steps.
 #[utoipa::path(post, path = "/api/v1/assemblies/{id}/revisions", tag = "assemblies", params(("id" = String, Path)),
-    responses((status = 201, description = "created", body = Envelope<AssemblyDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "created", body = Envelope<AssemblyDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn new_revision(
     State(state): State<ApiState>,
@@ -375,7 +375,7 @@ pub struct RevisionFamilyDto {
 
 /// Every assembly with its revisions.
 #[utoipa::path(get, path = "/api/v1/assembly-revisions", tag = "assemblies",
-    responses((status = 200, description = "done", body = Envelope<Vec<RevisionFamilyDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<RevisionFamilyDto>>), Guarded),
     security(("bearer" = [])))]
 pub async fn revisions(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<RevisionFamilyDto>>>, ApiError> {
     let all = state.inspector.storage.call(|db| db.assemblies()).await?;
@@ -402,7 +402,7 @@ pub async fn revisions(State(state): State<ApiState>) -> Result<Json<Envelope<Ve
 
 /// The newest published revision of each assembly: what can be coached.
 #[utoipa::path(get, path = "/api/v1/assembly-revisions/coachable", tag = "assemblies",
-    responses((status = 200, description = "done", body = Envelope<Vec<AssemblyDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<AssemblyDto>>), Guarded),
     security(("bearer" = [])))]
 pub async fn coachable(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<AssemblyDto>>>, ApiError> {
     let all = state.inspector.storage.call(|db| db.coachable_assemblies()).await?;
@@ -462,7 +462,7 @@ impl StepRequest {
 
 /// The steps of an assembly, in order, with their step data.
 #[utoipa::path(get, path = "/api/v1/assemblies/{id}/steps", tag = "assemblies", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<Vec<StepDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<StepDto>>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn list_steps(
     State(state): State<ApiState>,
@@ -480,7 +480,7 @@ pub async fn list_steps(
 
 /// Adds a step to a draft revision (at `step_index`, or at the end).
 #[utoipa::path(post, path = "/api/v1/assemblies/{id}/steps", tag = "assemblies", params(("id" = String, Path)), request_body = StepRequest,
-    responses((status = 201, description = "created", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "created", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn create_step(
     State(state): State<ApiState>,
@@ -512,7 +512,7 @@ fn action_lists(steps: &[Step]) -> Vec<Vec<Action>> {
 
 /// One step with its step data.
 #[utoipa::path(get, path = "/api/v1/assemblies/{id}/steps/{step_id}", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<StepDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<StepDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn get_step(
     State(state): State<ApiState>,
@@ -524,7 +524,7 @@ pub async fn get_step(
 
 /// Changes a step of a draft revision.
 #[utoipa::path(put, path = "/api/v1/assemblies/{id}/steps/{step_id}", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)), request_body = StepRequest,
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "published, or the move breaks a step dependency", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "published, or the move breaks a step dependency", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn update_step(
     State(state): State<ApiState>,
@@ -543,7 +543,7 @@ pub async fn update_step(
 
 /// Deletes a step of a draft revision, unless a later step depends on it.
 #[utoipa::path(delete, path = "/api/v1/assemblies/{id}/steps/{step_id}", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)),
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "published, or another step depends on it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "published, or another step depends on it", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn delete_step(
     State(state): State<ApiState>,
@@ -570,7 +570,7 @@ pub struct MoveRequest {
 
 /// Moves a step of a draft revision to another index, if its dependencies allow.
 #[utoipa::path(post, path = "/api/v1/assemblies/{id}/steps/{step_id}/move", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)), request_body = MoveRequest,
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "published, or the move breaks a dependency", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "published, or the move breaks a dependency", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn move_step(
     State(state): State<ApiState>,
@@ -602,7 +602,7 @@ async fn move_checked(state: &ApiState, id: Uuid, step_id: i64, to: usize) -> Re
 
 /// The indexes this step may move to without breaking a dependency.
 #[utoipa::path(get, path = "/api/v1/assemblies/{id}/steps/{step_id}/allowed-moves", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<Vec<usize>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<usize>>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn allowed_moves(
     State(state): State<ApiState>,
@@ -621,7 +621,7 @@ pub struct DeletableDto {
 
 /// Whether a step may be deleted: no later step may depend on it.
 #[utoipa::path(get, path = "/api/v1/assemblies/{id}/steps/{step_id}/deletable", tag = "assemblies", params(("id" = String, Path), ("step_id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<DeletableDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<DeletableDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn deletable(
     State(state): State<ApiState>,
@@ -819,7 +819,7 @@ async fn step_of(state: &ApiState, step_id: i64) -> Result<(Uuid, Step), ApiErro
 
 /// A step's actions (the seed's StepData), in order.
 #[utoipa::path(get, path = "/api/v1/steps/{step_id}/data", tag = "assemblies", params(("step_id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<Vec<StepDataDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<StepDataDto>>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn list_step_data(
     State(state): State<ApiState>,
@@ -831,7 +831,7 @@ pub async fn list_step_data(
 
 /// Adds an action to the end of a step of a draft revision.
 #[utoipa::path(post, path = "/api/v1/steps/{step_id}/data", tag = "assemblies", params(("step_id" = i64, Path)), request_body = StepDataRequest,
-    responses((status = 201, description = "created", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "created", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn create_step_data(
     State(state): State<ApiState>,
@@ -852,7 +852,7 @@ pub async fn create_step_data(
 
 /// Replaces an action of a step of a draft revision.
 #[utoipa::path(put, path = "/api/v1/steps/{step_id}/data/{data_id}", tag = "assemblies", params(("step_id" = i64, Path), ("data_id" = i64, Path)), request_body = StepDataRequest,
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn update_step_data(
     State(state): State<ApiState>,
@@ -873,7 +873,7 @@ pub async fn update_step_data(
 
 /// Removes an action from a step of a draft revision.
 #[utoipa::path(delete, path = "/api/v1/steps/{step_id}/data/{data_id}", tag = "assemblies", params(("step_id" = i64, Path), ("data_id" = i64, Path)),
-    responses((status = 200, description = "done", body = IdDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn delete_step_data(
     State(state): State<ApiState>,
@@ -980,7 +980,7 @@ impl OperatorRequest {
 
 /// Every operator.
 #[utoipa::path(get, path = "/api/v1/operators", tag = "operators",
-    responses((status = 200, description = "done", body = Envelope<Vec<OperatorDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<OperatorDto>>), Guarded),
     security(("bearer" = [])))]
 pub async fn list_operators(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<OperatorDto>>>, ApiError> {
     let all = state.inspector.storage.call(|db| db.operators(false)).await?;
@@ -989,7 +989,7 @@ pub async fn list_operators(State(state): State<ApiState>) -> Result<Json<Envelo
 
 /// The active operators.
 #[utoipa::path(get, path = "/api/v1/operators/active", tag = "operators",
-    responses((status = 200, description = "done", body = Envelope<Vec<OperatorDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<OperatorDto>>), Guarded),
     security(("bearer" = [])))]
 pub async fn active_operators(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<OperatorDto>>>, ApiError> {
     let all = state.inspector.storage.call(|db| db.operators(true)).await?;
@@ -998,7 +998,7 @@ pub async fn active_operators(State(state): State<ApiState>) -> Result<Json<Enve
 
 /// Adds an operator (a password is optional: RFID alone may do).
 #[utoipa::path(post, path = "/api/v1/operators", tag = "operators", request_body = OperatorRequest,
-    responses((status = 201, description = "created", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "the name or the RFID tag is taken", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "created", body = Envelope<OperatorDto>), (status = 409, description = "the name or the RFID tag is taken", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn create_operator(
     State(state): State<ApiState>,
@@ -1030,7 +1030,7 @@ pub struct NameQuery {
 
 /// The operator with this first and last name (case-insensitive).
 #[utoipa::path(get, path = "/api/v1/operators/by-name", tag = "operators", params(NameQuery),
-    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<OperatorDto>), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn operator_by_name(
     State(state): State<ApiState>,
@@ -1045,7 +1045,7 @@ pub async fn operator_by_name(
 
 /// One operator.
 #[utoipa::path(get, path = "/api/v1/operators/{id}", tag = "operators", params(("id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<OperatorDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn get_operator(
     State(state): State<ApiState>,
@@ -1058,7 +1058,7 @@ pub async fn get_operator(
 
 /// Changes an operator: name, role, RFID tag, password, active flag.
 #[utoipa::path(put, path = "/api/v1/operators/{id}", tag = "operators", params(("id" = i64, Path)), request_body = OperatorRequest,
-    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the name or the RFID tag is taken", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 409, description = "the name or the RFID tag is taken", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = [])))]
 pub async fn update_operator(
     State(state): State<ApiState>,
@@ -1075,7 +1075,7 @@ pub async fn update_operator(
 
 /// Deletes an operator who never built a unit (others are deactivated instead).
 #[utoipa::path(delete, path = "/api/v1/operators/{id}", tag = "operators", params(("id" = i64, Path)),
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "the operator built units", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 409, description = "the operator built units", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn delete_operator(
     State(state): State<ApiState>,
@@ -1093,7 +1093,7 @@ pub struct RfidRequest {
 
 /// The active operator with this RFID tag (badge login at the station).
 #[utoipa::path(post, path = "/api/v1/operators/rfid", tag = "operators", request_body = RfidRequest,
-    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token, or no active operator has this tag", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token, or no active operator has this tag", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), Invalid),
     security(("bearer" = [])))]
 pub async fn rfid_login(
     State(state): State<ApiState>,
@@ -1117,7 +1117,7 @@ pub struct OperatorLoginRequest {
 
 /// Checks an operator's name and password; answers the operator.
 #[utoipa::path(post, path = "/api/v1/operators/login", tag = "operators", request_body = OperatorLoginRequest,
-    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token, or wrong name or password", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<OperatorDto>), (status = 401, description = "missing, invalid or expired token, or wrong name or password", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), Invalid),
     security(("bearer" = [])))]
 pub async fn operator_login(
     State(state): State<ApiState>,
@@ -1158,7 +1158,7 @@ pub struct PasswordCheckRequest {
 
 /// Checks a password against the rules without storing it.
 #[utoipa::path(post, path = "/api/v1/operators/validate-password", tag = "operators", request_body = PasswordCheckRequest,
-    responses((status = 200, description = "the password meets the rules", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "the rule it breaks", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "the password meets the rules", body = Envelope<String>), (status = 422, description = "the rule it breaks", body = ErrorBody), Guarded),
     security(("bearer" = [])))]
 pub async fn validate_password(
     body: Result<Json<PasswordCheckRequest>, JsonRejection>,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use super::wrenches::json_error;
 use crate::auth::{Role, Tokens};
 use crate::config::AuthConfig;
@@ -386,7 +386,7 @@ pub struct LoginBody {
     path = "/api/v1/auth/login",
     tag = "auth",
     request_body = LoginBody,
-    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "Invalid credentials: unknown user, wrong password or disabled user", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "Invalid credentials: unknown user, wrong password or disabled user", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), Invalid)
 )]
 pub async fn login(
     State(state): State<ApiState>,
@@ -450,7 +450,7 @@ pub struct RefreshBody {
     path = "/api/v1/auth/refresh",
     tag = "auth",
     request_body = RefreshBody,
-    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "the refresh token is unknown, used, expired or its user disabled", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody))
+    responses((status = 200, description = "done", body = TokenPair), (status = 401, description = "the refresh token is unknown, used, expired or its user disabled", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), Invalid)
 )]
 pub async fn refresh(
     State(state): State<ApiState>,
@@ -478,7 +478,7 @@ pub async fn refresh(
     path = "/api/v1/auth/logout",
     tag = "auth",
     request_body = RefreshBody,
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn logout(
@@ -497,7 +497,7 @@ pub async fn logout(
     get,
     path = "/api/v1/auth/me",
     tag = "auth",
-    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = UserDto), Guarded),
     security(("bearer" = []))
 )]
 pub async fn me(
@@ -513,7 +513,7 @@ pub async fn me(
     get,
     path = "/api/v1/users",
     tag = "users",
-    responses((status = 200, description = "done", body = UserList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = UserList), Guarded),
     security(("bearer" = []))
 )]
 pub async fn list_users(State(state): State<ApiState>) -> Result<Json<UserList>, ApiError> {
@@ -527,7 +527,7 @@ pub async fn list_users(State(state): State<ApiState>) -> Result<Json<UserList>,
     path = "/api/v1/users/{id}",
     tag = "users",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = UserDto), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get_user(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<UserDto>, ApiError> {
@@ -594,7 +594,7 @@ async fn audit(
     path = "/api/v1/users",
     tag = "users",
     request_body = NewUserBody,
-    responses((status = 201, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "done", body = UserDto), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn create_user(
@@ -644,7 +644,7 @@ pub struct UpdateUserBody {
     tag = "users",
     params(("id" = String, Path)),
     request_body = UpdateUserBody,
-    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = UserDto), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = []))
 )]
 pub async fn update_user(
@@ -713,7 +713,7 @@ fn last_admin() -> ApiError {
     path = "/api/v1/users/{id}",
     tag = "users",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn delete_user(
@@ -749,7 +749,7 @@ pub struct UpdateMeBody {
     path = "/api/v1/users/me",
     tag = "users",
     request_body = UpdateMeBody,
-    responses((status = 200, description = "done", body = UserDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = UserDto), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn update_me(
@@ -777,7 +777,7 @@ pub struct PasswordBody {
     path = "/api/v1/users/me/password",
     tag = "users",
     request_body = PasswordBody,
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn change_my_password(
@@ -816,7 +816,7 @@ pub struct AuditQuery {
     path = "/api/v1/audit",
     tag = "users",
     params(AuditQuery),
-    responses((status = 200, description = "done", body = AuditList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = AuditList), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn audit_log(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound, Unavailable};
 use super::routes::query_error;
 use super::wrenches::{Envelope, json_error, ok};
 use crate::config::{CameraBackend, CameraDevice, PixelFormat};
@@ -60,7 +60,7 @@ fn camera<'a>(state: &'a ApiState, id: &str) -> Result<&'a CameraHandle, ApiErro
     get,
     path = "/api/v1/cameras",
     tag = "cameras",
-    responses((status = 200, description = "done", body = Envelope<Vec<CameraDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<CameraDto>>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<CameraDto>>> {
@@ -74,7 +74,7 @@ pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<CameraDto>
     path = "/api/v1/cameras/{id}",
     tag = "cameras",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<CameraDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CameraDto>), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Envelope<CameraDto>>, ApiError> {
@@ -133,7 +133,7 @@ async fn capture_jpeg(handle: &CameraHandle) -> Result<Bytes, ApiError> {
     path = "/api/v1/cameras/{id}/frame",
     tag = "cameras",
     params(("id" = String, Path)),
-    responses((status = 200, description = "a fresh frame", content_type = "image/jpeg", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "a fresh frame", content_type = "image/jpeg", body = Vec<u8>), Guarded, NotFound, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn frame(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -154,7 +154,7 @@ pub struct StreamQuery {
     path = "/api/v1/cameras/{id}/stream",
     tag = "cameras",
     params(("id" = String, Path), StreamQuery),
-    responses((status = 200, description = "MJPEG, multipart/x-mixed-replace, at most 15 fps", content_type = "multipart/x-mixed-replace", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "MJPEG, multipart/x-mixed-replace, at most 15 fps", content_type = "multipart/x-mixed-replace", body = Vec<u8>), Guarded, NotFound, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn stream(
@@ -252,7 +252,7 @@ impl From<CameraSettings> for CameraConfigBody {
     path = "/api/v1/cameras/{id}/config",
     tag = "cameras",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get_config(
@@ -271,7 +271,7 @@ pub async fn get_config(
     tag = "cameras",
     params(("id" = String, Path)),
     request_body = CameraConfigBody,
-    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CameraConfigBody>), Guarded, NotFound, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn put_config(

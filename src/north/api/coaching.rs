@@ -19,7 +19,7 @@ use super::auth::Caller;
 use super::dto::{CoachingStatusDto, InspectionDto, TighteningDto, UnitEventDto, UnitRecordDto, UnitStepDto, rfc3339};
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use super::wrenches::{Envelope, json_error, ok};
 use crate::coaching::{CoachingError, CoachingMessage, StartRequest};
 use crate::core::assembly::Input;
@@ -106,7 +106,7 @@ fn status_answer(status: &crate::coaching::CoachingStatus) -> StatusAnswer {
 
 /// The coaching state: the unit being built, its step, and the last unit.
 #[utoipa::path(get, path = "/api/v1/coaching", tag = "coaching",
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), Guarded),
     security(("bearer" = [])))]
 pub async fn status(State(state): State<ApiState>) -> StatusAnswer {
     status_answer(&state.coaching.status())
@@ -114,7 +114,7 @@ pub async fn status(State(state): State<ApiState>) -> StatusAnswer {
 
 /// Starts building a unit: a published assembly, an active operator, the unit's serial.
 #[utoipa::path(post, path = "/api/v1/coaching/start", tag = "coaching", request_body = StartCoachingRequest,
-    responses((status = 201, description = "the unit record is open and its first step running", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "no such assembly or operator", body = ErrorBody), (status = 409, description = "a unit is being built, the assembly is a draft, the operator inactive, or the e-stop active", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "the unit record is open and its first step running", body = Envelope<CoachingStatusDto>), (status = 404, description = "no such assembly or operator", body = ErrorBody), (status = 409, description = "a unit is being built, the assembly is a draft, the operator inactive, or the e-stop active", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn start(
     State(state): State<ApiState>,
@@ -132,7 +132,7 @@ async fn command(state: &ApiState, record: Option<&str>, input: Input) -> Result
 
 /// Pauses the unit: step timers stop and released wrenches are disabled.
 #[utoipa::path(post, path = "/api/v1/coaching/pause", tag = "coaching", request_body = RecordRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, another unit, or already paused", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, another unit, or already paused", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn pause(
     State(state): State<ApiState>,
@@ -144,7 +144,7 @@ pub async fn pause(
 
 /// Resumes a paused unit.
 #[utoipa::path(post, path = "/api/v1/coaching/resume", tag = "coaching", request_body = RecordRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, another unit, or not paused", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, another unit, or not paused", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn resume(
     State(state): State<ApiState>,
@@ -156,7 +156,7 @@ pub async fn resume(
 
 /// Ends the unit here (outcome incomplete unless every step was done).
 #[utoipa::path(post, path = "/api/v1/coaching/complete", tag = "coaching", request_body = RecordRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, or another unit", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, or another unit", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn complete(
     State(state): State<ApiState>,
@@ -168,7 +168,7 @@ pub async fn complete(
 
 /// Aborts the unit safely: wrenches disabled, outputs reset, the record closed as aborted.
 #[utoipa::path(post, path = "/api/v1/coaching/interrupt", tag = "coaching", request_body = InterruptCoachingRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, or another unit", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, or another unit", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn interrupt(
     State(state): State<ApiState>,
@@ -182,7 +182,7 @@ pub async fn interrupt(
 
 /// Moves the unit to another step (the current one is recorded as interrupted).
 #[utoipa::path(post, path = "/api/v1/coaching/step", tag = "coaching", request_body = SetStepRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, another unit, or no such step", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, another unit, or no such step", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn set_step(
     State(state): State<ApiState>,
@@ -194,7 +194,7 @@ pub async fn set_step(
 
 /// The operator's QA answer for the current step (also confirms an instruction step).
 #[utoipa::path(post, path = "/api/v1/coaching/qa", tag = "coaching", request_body = QaRequest,
-    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "no unit, another unit, or the step waits for no answer", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<CoachingStatusDto>), (status = 409, description = "no unit, another unit, or the step waits for no answer", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn qa(
     State(state): State<ApiState>,
@@ -234,7 +234,7 @@ struct WsRequest {
 /// The coaching WebSocket: send `{"start": {...}}` or `{"interrupt": {...}}`; receive the
 /// state, then `{"status": type, "msg": event}` for every event of the unit being built.
 #[utoipa::path(get, path = "/api/v1/coaching/ws", tag = "coaching",
-    responses((status = 101, description = "WebSocket: state, started, step_advance, prediction, tightening, input, output, qa, notice, paused, resumed, step_complete, step_interrupt, assembly_complete, error"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 101, description = "WebSocket: state, started, step_advance, prediction, tightening, input, output, qa, notice, paused, resumed, step_complete, step_interrupt, assembly_complete, error"), Guarded),
     security(("bearer" = [])))]
 pub async fn ws(
     State(state): State<ApiState>,
@@ -345,7 +345,7 @@ async fn records(state: &ApiState, filter: UnitFilter) -> Result<Vec<UnitRecordD
 
 /// Unit records, newest first, by assembly, operator or serial.
 #[utoipa::path(get, path = "/api/v1/assembly-records", tag = "coaching", params(RecordQuery),
-    responses((status = 200, description = "done", body = Envelope<Vec<UnitRecordDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<UnitRecordDto>>), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn list_records(
     State(state): State<ApiState>,
@@ -358,7 +358,7 @@ pub async fn list_records(
 
 /// The most recent unit record for an assembly or an operator (an array of at most one).
 #[utoipa::path(get, path = "/api/v1/assembly-records/recent", tag = "coaching", params(RecordQuery),
-    responses((status = 200, description = "done", body = Envelope<Vec<UnitRecordDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<UnitRecordDto>>), Guarded, Invalid),
     security(("bearer" = [])))]
 pub async fn recent_record(
     State(state): State<ApiState>,
@@ -387,7 +387,7 @@ async fn load_record(state: &ApiState, id: &str) -> Result<(UnitRecord, Vec<Unit
 
 /// One unit record with its steps and every event.
 #[utoipa::path(get, path = "/api/v1/assembly-records/{id}", tag = "coaching", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<UnitRecordDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<UnitRecordDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn get_record(
     State(state): State<ApiState>,
@@ -412,7 +412,7 @@ pub struct RecordMetricsDto {
 
 /// Per-step metrics of a unit record: active time, benchmark, predictions, tightenings.
 #[utoipa::path(get, path = "/api/v1/assembly-records/{id}/metrics", tag = "coaching", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<RecordMetricsDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<RecordMetricsDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn record_metrics(
     State(state): State<ApiState>,
@@ -477,7 +477,7 @@ async fn qa_report_of(state: &ApiState, id: &str) -> Result<QaReportDto, ApiErro
 
 /// The QA report of a unit: verdict, steps, every inspection and tightening, every event.
 #[utoipa::path(get, path = "/api/v1/assembly-records/{id}/qa-report", tag = "coaching", params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = Envelope<QaReportDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<QaReportDto>), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn qa_report(
     State(state): State<ApiState>,
@@ -507,7 +507,7 @@ fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
 
 /// The QA report as a self-contained printable HTML page.
 #[utoipa::path(get, path = "/api/v1/assembly-records/{id}/qa-report.html", tag = "coaching", params(("id" = String, Path)),
-    responses((status = 200, description = "a printable HTML page", content_type = "text/html"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "a printable HTML page", content_type = "text/html"), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn qa_report_html(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let report = qa_report_of(&state, &id).await?;

@@ -27,7 +27,7 @@ use super::ApiState;
 use super::auth::{Caller, ClientAddr};
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid};
 use super::wrenches::json_error;
 use crate::config::{Config, EMBEDDED_DEFAULTS};
 
@@ -83,7 +83,7 @@ pub struct ConfigView {
     get,
     path = "/api/v1/config",
     tag = "config",
-    responses((status = 200, description = "done", body = ConfigView), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = ConfigView), Guarded),
     security(("bearer" = []))
 )]
 pub async fn get(State(state): State<ApiState>) -> Result<Json<ConfigView>, ApiError> {
@@ -113,7 +113,7 @@ pub struct ConfigChange {
     path = "/api/v1/config",
     tag = "config",
     request_body(content = Object, description = "the tables and keys to change; null removes a key"),
-    responses((status = 200, description = "done", body = ConfigChange), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = ConfigChange), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn put(

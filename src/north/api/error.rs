@@ -79,3 +79,34 @@ impl From<CycleError> for ApiError {
         }
     }
 }
+
+/// What every route behind the guard may answer (401, 403, 429), for the OpenAPI
+/// attributes: `responses((status = 200, ...), Guarded)`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "describes answers for the OpenAPI document; never built")]
+pub enum Guarded {
+    #[response(status = 401, description = "missing, invalid or expired token")]
+    Unauthorized(ErrorBody<'static>),
+    #[response(status = 403, description = "the caller's role is too low")]
+    Forbidden(ErrorBody<'static>),
+    #[response(status = 429, description = "rate limit exceeded (Retry-After)")]
+    TooManyRequests(ErrorBody<'static>),
+}
+
+/// 404 for the OpenAPI attributes.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "not found")]
+#[allow(dead_code, reason = "describes an answer for the OpenAPI document; never built")]
+pub struct NotFound(ErrorBody<'static>);
+
+/// 422 for the OpenAPI attributes.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 422, description = "invalid input; the detail names it")]
+#[allow(dead_code, reason = "describes an answer for the OpenAPI document; never built")]
+pub struct Invalid(ErrorBody<'static>);
+
+/// 503 for the OpenAPI attributes.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "a device or service is unavailable")]
+#[allow(dead_code, reason = "describes an answer for the OpenAPI document; never built")]
+pub struct Unavailable(ErrorBody<'static>);

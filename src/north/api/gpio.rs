@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use super::wrenches::{Envelope, json_error, ok};
 use crate::core::outputs::OutputCommand;
 use crate::south::gpio::{Direction, GpioError, GpioHandle, LineStatus};
@@ -80,7 +80,7 @@ impl From<LineStatus> for LineDto {
     get,
     path = "/api/v1/system/gpio",
     tag = "gpio",
-    responses((status = 200, description = "done", body = Envelope<Vec<LineDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<LineDto>>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn lines(State(state): State<ApiState>) -> Result<Json<Envelope<Vec<LineDto>>>, ApiError> {
@@ -105,7 +105,7 @@ pub struct SetOutput {
     tag = "gpio",
     params(("name" = String, Path)),
     request_body = SetOutput,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = []))
 )]
 pub async fn set_output(
@@ -139,7 +139,7 @@ pub struct Inject {
     tag = "gpio",
     params(("name" = String, Path)),
     request_body = Inject,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, NotFound, Invalid),
     security(("bearer" = []))
 )]
 pub async fn inject(

@@ -18,7 +18,7 @@ use super::ApiState;
 use super::dto::{PipelineEventDto, rfc3339};
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound};
 use super::routes::query_error;
 use super::wrenches::json_error;
 use crate::pipelines::{PipelineError, Pipelines, RunStatus};
@@ -228,7 +228,7 @@ fn pipeline_id(id: &str) -> Result<Uuid, ApiError> {
     path = "/api/v1/pipelines",
     tag = "pipelines",
     request_body = PipelineBody,
-    responses((status = 201, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "done", body = PipelineDto), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn create(
@@ -264,7 +264,7 @@ pub async fn create(
     get,
     path = "/api/v1/pipelines",
     tag = "pipelines",
-    responses((status = 200, description = "done", body = Vec<PipelineDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Vec<PipelineDto>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<PipelineDto>>, ApiError> {
@@ -284,7 +284,7 @@ async fn load(state: &ApiState, id: &str) -> Result<PipelineSpec, ApiError> {
     path = "/api/v1/pipelines/{id}",
     tag = "pipelines",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = PipelineDto), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<PipelineDto>, ApiError> {
@@ -305,7 +305,7 @@ fn running(spec: &PipelineSpec) -> Result<(), ApiError> {
     tag = "pipelines",
     params(("id" = String, Path)),
     request_body = PipelineBody,
-    responses((status = 200, description = "done", body = PipelineDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = PipelineDto), Guarded, NotFound, Invalid),
     security(("bearer" = []))
 )]
 pub async fn patch(
@@ -328,7 +328,7 @@ pub async fn patch(
     path = "/api/v1/pipelines/{id}",
     tag = "pipelines",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn delete(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -350,7 +350,7 @@ pub struct EventsQuery {
     path = "/api/v1/pipelines/{id}/events",
     tag = "pipelines",
     params(("id" = String, Path), EventsQuery),
-    responses((status = 200, description = "done", body = Vec<PipelineEventDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Vec<PipelineEventDto>), Guarded, NotFound, Invalid),
     security(("bearer" = []))
 )]
 pub async fn events(
@@ -409,7 +409,7 @@ impl From<RunStatus> for RunDto {
     get,
     path = "/api/v1/active-pipelines",
     tag = "pipelines",
-    responses((status = 200, description = "done", body = Vec<RunDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Vec<RunDto>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn active(State(state): State<ApiState>) -> Result<Json<Vec<RunDto>>, ApiError> {
@@ -428,7 +428,7 @@ pub struct StartBody {
     path = "/api/v1/active-pipelines",
     tag = "pipelines",
     request_body = StartBody,
-    responses((status = 201, description = "done", body = RunDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 201, description = "done", body = RunDto), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn start(
@@ -452,7 +452,7 @@ pub async fn start(
     path = "/api/v1/active-pipelines/{id}",
     tag = "pipelines",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn stop(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {

@@ -22,7 +22,7 @@ use super::dto::{
 };
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound, Unavailable};
 use crate::core::decision::Decision;
 use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
 use crate::storage::{ListFilter, TrendInterval};
@@ -81,7 +81,7 @@ const MAX_TEXT_FIELD: usize = 128;
     path = "/api/v1/inspect",
     tag = "inspections",
     request_body(content_type = "multipart/form-data", description = "fields: file (jpeg, png, bmp, tiff or webp), station_id, part_id"),
-    responses((status = 201, description = "inspected and committed; Location names the record", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 413, description = "upload too large", body = ErrorBody), (status = 415, description = "unsupported media type", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 201, description = "inspected and committed; Location names the record", body = InspectionDto), (status = 413, description = "upload too large", body = ErrorBody), (status = 415, description = "unsupported media type", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn inspect_upload(
@@ -157,7 +157,7 @@ pub struct CameraQuery {
     path = "/api/v1/inspect/camera",
     tag = "inspections",
     params(CameraQuery),
-    responses((status = 201, description = "captured, inspected and committed", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 201, description = "captured, inspected and committed", body = InspectionDto), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn inspect_camera(
@@ -267,7 +267,7 @@ pub const MAX_LIST_LIMIT: u32 = 500;
     path = "/api/v1/inspections",
     tag = "inspections",
     params(ListQuery),
-    responses((status = 200, description = "done", body = InspectionList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = InspectionList), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn list_inspections(
@@ -292,7 +292,7 @@ pub async fn list_inspections(
     path = "/api/v1/inspections/{id}",
     tag = "inspections",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = InspectionDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = InspectionDto), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get_inspection(
@@ -310,7 +310,7 @@ pub async fn get_inspection(
     path = "/api/v1/inspections/{id}",
     tag = "inspections",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 204, description = "done"), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn delete_inspection(
@@ -332,7 +332,7 @@ pub async fn delete_inspection(
     path = "/api/v1/inspections/{id}/image",
     tag = "inspections",
     params(("id" = String, Path)),
-    responses((status = 200, description = "the stored image, in its format", content_type = "image/*", body = Vec<u8>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "the stored image, in its format", content_type = "image/*", body = Vec<u8>), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn inspection_image(
@@ -374,7 +374,7 @@ fn hours_from(hours: Option<u32>, default: u32) -> Result<u32, ApiError> {
     path = "/api/v1/statistics",
     tag = "inspections",
     params(StatisticsQuery),
-    responses((status = 200, description = "done", body = StatisticsDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = StatisticsDto), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn statistics(
@@ -401,7 +401,7 @@ pub async fn statistics(
     path = "/api/v1/statistics/trends",
     tag = "inspections",
     params(StatisticsQuery),
-    responses((status = 200, description = "done", body = TrendsDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = TrendsDto), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn trends(
@@ -440,7 +440,7 @@ const EXPORT_PAGE: u32 = 500;
     path = "/api/v1/inspections/export",
     tag = "inspections",
     params(ExportQuery),
-    responses((status = 200, description = "the records as CSV", content_type = "text/csv", body = String), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "the records as CSV", content_type = "text/csv", body = String), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn export_csv(
@@ -533,7 +533,7 @@ fn csv_chunk(records: &[crate::storage::InspectionRecord], with_header: bool) ->
     get,
     path = "/api/v1/stations",
     tag = "inspections",
-    responses((status = 200, description = "done", body = StationList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = StationList), Guarded),
     security(("bearer" = []))
 )]
 pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
@@ -547,7 +547,7 @@ pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
     get,
     path = "/api/v1/mqtt/status",
     tag = "plant interfaces",
-    responses((status = 200, description = "done", body = MqttStatusDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = MqttStatusDto), Guarded),
     security(("bearer" = []))
 )]
 pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatusDto>, ApiError> {
@@ -576,7 +576,7 @@ pub async fn mqtt_status(State(state): State<ApiState>) -> Result<Json<MqttStatu
     get,
     path = "/api/v1/opcua/status",
     tag = "plant interfaces",
-    responses((status = 200, description = "done", body = OpcuaStatusDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = OpcuaStatusDto), Guarded),
     security(("bearer" = []))
 )]
 pub async fn opcua_status(State(state): State<ApiState>) -> Json<OpcuaStatusDto> {
@@ -639,7 +639,7 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     get,
     path = "/api/v1/storage",
     tag = "storage",
-    responses((status = 200, description = "done", body = super::dto::StorageDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = super::dto::StorageDto), Guarded),
     security(("bearer" = []))
 )]
 pub async fn storage(State(state): State<ApiState>) -> Result<Json<super::dto::StorageDto>, ApiError> {
@@ -673,7 +673,7 @@ pub struct CleanupBody {
     path = "/api/v1/storage/cleanup",
     tag = "storage",
     request_body = CleanupBody,
-    responses((status = 200, description = "done", body = super::dto::CleanupDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = super::dto::CleanupDto), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn storage_cleanup(

@@ -22,7 +22,7 @@ use super::ApiState;
 use super::dto::{TighteningDto, TighteningList, hundredths, rfc3339};
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded, Invalid, NotFound, Unavailable};
 use super::routes::query_error;
 use crate::south::wrench::{Command, LinkState, WrenchError, WrenchSettings, WrenchStatus, Wrenches};
 use crate::storage::TighteningFilter;
@@ -197,7 +197,7 @@ fn pick(wrenches: &Wrenches, address: Option<&str>) -> Result<String, ApiError> 
     get,
     path = "/api/v1/wrenches",
     tag = "wrenches",
-    responses((status = 200, description = "done", body = Envelope<Vec<WrenchDto>>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<Vec<WrenchDto>>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn list(State(state): State<ApiState>) -> Json<Envelope<Vec<WrenchDto>>> {
@@ -236,7 +236,7 @@ const MAX_CONNECT_WAIT: Duration = Duration::from_secs(30);
     path = "/api/v1/wrenches/connect",
     tag = "wrenches",
     request_body = ConnectRequest,
-    responses((status = 200, description = "connected", body = Envelope<WrenchDto>), (status = 202, description = "connecting", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "connected", body = Envelope<WrenchDto>), (status = 202, description = "connecting", body = Envelope<WrenchDto>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn connect(
@@ -321,7 +321,7 @@ pub struct AddressBody {
     path = "/api/v1/wrenches/disconnect",
     tag = "wrenches",
     request_body = AddressBody,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn disconnect(
@@ -349,7 +349,7 @@ pub struct AddressQuery {
     path = "/api/v1/wrenches/status",
     tag = "wrenches",
     params(AddressQuery),
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn status(
@@ -399,7 +399,7 @@ const PROBE_CONCURRENCY: usize = 32;
     path = "/api/v1/wrenches/discover",
     tag = "wrenches",
     params(DiscoverQuery),
-    responses((status = 200, description = "done", body = Envelope<DiscoverDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<DiscoverDto>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn discover(
@@ -464,7 +464,7 @@ pub struct ToggleRequest {
     path = "/api/v1/wrenches/toggle",
     tag = "wrenches",
     request_body = ToggleRequest,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn toggle(
@@ -505,7 +505,7 @@ fn check_program(pset: u32) -> Result<u32, ApiError> {
     path = "/api/v1/wrenches/state",
     tag = "wrenches",
     params(AddressQuery),
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn state(
@@ -540,7 +540,7 @@ pub struct ProgramSettings {
     path = "/api/v1/wrenches/program",
     tag = "wrenches",
     request_body = ProgramRequest,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn program(
@@ -580,7 +580,7 @@ pub struct SequenceRequest {
     path = "/api/v1/wrenches/sequence",
     tag = "wrenches",
     request_body = SequenceRequest,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn sequence(
@@ -613,7 +613,7 @@ fn optional_address(body: Result<Json<AddressBody>, JsonRejection>) -> Result<Op
     path = "/api/v1/wrenches/clear",
     tag = "wrenches",
     request_body = AddressBody,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn clear(
@@ -634,7 +634,7 @@ pub async fn clear(
     path = "/api/v1/wrenches/cancel",
     tag = "wrenches",
     request_body = AddressBody,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn cancel(
@@ -659,7 +659,7 @@ pub struct VinRequest {
     path = "/api/v1/wrenches/vin",
     tag = "wrenches",
     request_body = VinRequest,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn vin(
@@ -683,7 +683,7 @@ pub async fn vin(
     path = "/api/v1/wrenches/time",
     tag = "wrenches",
     request_body = AddressBody,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn set_time(
@@ -711,7 +711,7 @@ pub struct ReleaseRequest {
     path = "/api/v1/wrenches/release",
     tag = "wrenches",
     request_body = ReleaseRequest,
-    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 409, description = "conflicts with the current state", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody), (status = 503, description = "a device or service is unavailable", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<WrenchDto>), (status = 409, description = "conflicts with the current state", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn release(
@@ -740,7 +740,7 @@ pub struct ReleaseControl {
     path = "/api/v1/settings/release-control",
     tag = "wrenches",
     request_body = ReleaseControl,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn set_release_control(
@@ -758,7 +758,7 @@ pub async fn set_release_control(
     get,
     path = "/api/v1/settings/release-control",
     tag = "wrenches",
-    responses((status = 200, description = "done", body = Envelope<ReleaseControl>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<ReleaseControl>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn get_release_control(State(state): State<ApiState>) -> Json<Envelope<ReleaseControl>> {
@@ -789,7 +789,7 @@ pub struct TorqueSettings {
     get,
     path = "/api/v1/settings/torque",
     tag = "wrenches",
-    responses((status = 200, description = "done", body = Envelope<TorqueSettings>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<TorqueSettings>), Guarded),
     security(("bearer" = []))
 )]
 pub async fn get_torque_settings(State(state): State<ApiState>) -> Json<Envelope<TorqueSettings>> {
@@ -825,7 +825,7 @@ pub struct TorqueSettingsUpdate {
     path = "/api/v1/settings/torque",
     tag = "wrenches",
     request_body = TorqueSettingsUpdate,
-    responses((status = 200, description = "done", body = Envelope<String>), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = Envelope<String>), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn put_torque_settings(
@@ -862,7 +862,7 @@ pub struct TighteningQuery {
     path = "/api/v1/tightenings",
     tag = "wrenches",
     params(TighteningQuery),
-    responses((status = 200, description = "done", body = TighteningList), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 422, description = "invalid input; the detail names it", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = TighteningList), Guarded, Invalid),
     security(("bearer" = []))
 )]
 pub async fn list_tightenings(
@@ -899,7 +899,7 @@ pub async fn list_tightenings(
     path = "/api/v1/tightenings/{id}",
     tag = "wrenches",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = TighteningDto), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 200, description = "done", body = TighteningDto), Guarded, NotFound),
     security(("bearer" = []))
 )]
 pub async fn get_tightening(

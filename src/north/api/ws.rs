@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::ApiState;
 use super::dto::{AlertDto, InspectionDto, StationDto, TighteningDto};
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Guarded};
 use crate::bus::Notification;
 
 /// How often a `ping` with the current stats goes out.
@@ -41,7 +41,7 @@ enum Push {
     get,
     path = "/api/v1/ws",
     tag = "events",
-    responses((status = 101, description = "WebSocket: {type, data} messages stats, ping, inspection, tightening, alert, lagged"), (status = 401, description = "missing, invalid or expired token", body = ErrorBody), (status = 403, description = "the caller's role is too low", body = ErrorBody), (status = 429, description = "rate limit exceeded (Retry-After)", body = ErrorBody)),
+    responses((status = 101, description = "WebSocket: {type, data} messages stats, ping, inspection, tightening, alert, lagged"), Guarded),
     security(("bearer" = []))
 )]
 pub async fn upgrade(State(state): State<ApiState>, ws: WebSocketUpgrade) -> Response {
