@@ -202,18 +202,68 @@ impl Outcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Started { serial: String, operator: String, steps: usize },
-    StepAdvance { step: usize, name: String },
-    Prediction { step: usize, inspection_id: Uuid, label: Option<String>, confidence: f32, matched: bool },
-    Tightening { step: usize, seq: i64, ok: bool, counted: bool, note: Option<String> },
-    Io { step: usize, line: String, active: bool, output: bool },
-    Qa { step: usize, passed: bool, by: String },
-    Notice { step: usize, text: String },
-    Paused { step: usize },
-    Resumed { step: usize },
-    StepComplete { step: usize, active: TimeDelta, over_benchmark: bool },
-    StepInterrupt { step: usize, active: TimeDelta, reason: String },
-    AssemblyComplete { outcome: Outcome, reason: Option<String>, active: TimeDelta },
+    Started {
+        serial: String,
+        operator: String,
+        steps: usize,
+    },
+    StepAdvance {
+        step: usize,
+        name: String,
+    },
+    Prediction {
+        step: usize,
+        inspection_id: Uuid,
+        label: Option<String>,
+        confidence: f32,
+        matched: bool,
+    },
+    /// `expected`: the step has a torque action for its wrench (a stray tightening is
+    /// recorded too, but it is neither OK nor NOK for the unit).
+    Tightening {
+        step: usize,
+        seq: i64,
+        ok: bool,
+        counted: bool,
+        expected: bool,
+        note: Option<String>,
+    },
+    Io {
+        step: usize,
+        line: String,
+        active: bool,
+        output: bool,
+    },
+    Qa {
+        step: usize,
+        passed: bool,
+        by: String,
+    },
+    Notice {
+        step: usize,
+        text: String,
+    },
+    Paused {
+        step: usize,
+    },
+    Resumed {
+        step: usize,
+    },
+    StepComplete {
+        step: usize,
+        active: TimeDelta,
+        over_benchmark: bool,
+    },
+    StepInterrupt {
+        step: usize,
+        active: TimeDelta,
+        reason: String,
+    },
+    AssemblyComplete {
+        outcome: Outcome,
+        reason: Option<String>,
+        active: TimeDelta,
+    },
 }
 
 /// An operator command that does not fit the session's state.
@@ -348,7 +398,15 @@ impl Session {
             Input::Prediction { .. } | Input::InspectionFailed { .. } if paused => {}
             Input::Tightening { seq, ok, .. } if paused => {
                 let note = Some("while coaching was paused".to_owned());
-                effects.push(Effect::Message(Message::Tightening { step: self.step, seq, ok, counted: false, note }));
+                let step = self.step;
+                effects.push(Effect::Message(Message::Tightening {
+                    step,
+                    seq,
+                    ok,
+                    counted: false,
+                    expected: false,
+                    note,
+                }));
             }
             Input::Prediction { inspection_id, decision, label, confidence } => {
                 self.on_prediction(inspection_id, decision, label, confidence, now, &mut effects);
@@ -646,6 +704,7 @@ impl Session {
                 seq,
                 ok,
                 counted: false,
+                expected: false,
                 note: Some("not expected in this step".into()),
             }));
             return;
@@ -661,7 +720,8 @@ impl Session {
             None
         };
         let counted = note.is_none();
-        effects.push(Effect::Message(Message::Tightening { step: step_index, seq, ok, counted, note: note.clone() }));
+        let message = Message::Tightening { step: step_index, seq, ok, counted, expected: true, note: note.clone() };
+        effects.push(Effect::Message(message));
         if counted {
             *ok_count += 1;
             self.advance_if_done(now, effects);

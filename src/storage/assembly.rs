@@ -169,11 +169,12 @@ pub struct UnitEvent {
     pub text: Option<String>,
 }
 
-pub const UNIT_EVENT_KINDS: [&str; 13] = [
+pub const UNIT_EVENT_KINDS: [&str; 14] = [
     "started",
     "step_advance",
     "prediction",
     "tightening",
+    "stray_tightening",
     "input",
     "output",
     "qa",
@@ -218,12 +219,12 @@ impl UnitEvent {
                 text: label.clone(),
                 ..event(Some(*step), "prediction")
             },
-            Message::Tightening { step, seq, ok, counted, note } => UnitEvent {
+            Message::Tightening { step, seq, ok, counted, expected, note } => UnitEvent {
                 tightening_seq: Some(*seq),
                 ok: Some(*ok),
                 flag: Some(*counted),
                 text: note.clone(),
-                ..event(Some(*step), "tightening")
+                ..event(Some(*step), if *expected { "tightening" } else { "stray_tightening" })
             },
             Message::Io { step, line, active, output } => UnitEvent {
                 ok: Some(*active),
@@ -1199,15 +1200,27 @@ mod tests {
         assert!(matches!(db.insert_operator(new, t(0)), Err(AssemblyError::Conflict(_))));
         let id = Uuid::new_v4();
         let seq = db.start_unit_record(id, a.id, op.id, "SN-1", "s1", t(1)).unwrap();
-        let message = Message::Tightening { step: 1, seq: 7, ok: false, counted: false, note: Some("NOK".into()) };
-        db.append_unit_events(seq, &[UnitEvent::from_message(&message, t(2))]).unwrap();
+        let message = Message::Tightening {
+            step: 1,
+            seq: 7,
+            ok: false,
+            counted: false,
+            expected: true,
+            note: Some("NOK".into()),
+        };
+        let stray = Message::Tightening { step: 1, seq: 8, ok: true, counted: false, expected: false, note: None };
+        let events = [UnitEvent::from_message(&message, t(2)), UnitEvent::from_message(&stray, t(2))];
+        db.append_unit_events(seq, &events).unwrap();
         assert!(db.next_outbox("s1").unwrap().is_none(), "announced only when finished");
         let open = db.close_open_unit_records(t(3)).unwrap();
         assert_eq!(open, [id]);
         let record = db.unit_record(id).unwrap().unwrap();
         assert_eq!((record.outcome, record.operator_name.as_str()), (Some(Outcome::Aborted), "Ada Lovelace"));
         let events = db.unit_events(seq).unwrap();
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["tightening", "assembly_complete"]);
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            ["tightening", "stray_tightening", "assembly_complete"]
+        );
         assert_eq!((events[0].tightening_seq, events[0].ok, events[0].flag), (Some(7), Some(false), Some(false)));
         assert!(matches!(
             db.next_outbox("s1").unwrap().unwrap().record,

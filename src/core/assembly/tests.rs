@@ -113,18 +113,18 @@ fn vision_torque_with_rework_and_input_build_one_unit() {
               StepAdvance { step: 1, name: "tighten 4 screws" }
               -> Release { wrench: "w1", pset: Some(3), count: 4 }
             @10 Tightening { wrench: "w1", seq: 100, ok: true, torque: 12.1, pset: Some(3) }
-              Tightening { step: 1, seq: 100, ok: true, counted: true, note: None }
+              Tightening { step: 1, seq: 100, ok: true, counted: true, expected: true, note: None }
             @12 Tightening { wrench: "w1", seq: 101, ok: false, torque: 4.0, pset: Some(3) }
-              Tightening { step: 1, seq: 101, ok: false, counted: false, note: Some("NOK from the controller") }
+              Tightening { step: 1, seq: 101, ok: false, counted: false, expected: true, note: Some("NOK from the controller") }
             @14 Tightening { wrench: "w1", seq: 102, ok: true, torque: 11.9, pset: Some(3) }
-              Tightening { step: 1, seq: 102, ok: true, counted: true, note: None }
+              Tightening { step: 1, seq: 102, ok: true, counted: true, expected: true, note: None }
             @16 Tightening { wrench: "w1", seq: 103, ok: true, torque: 12.7, pset: Some(3) }
-              Tightening { step: 1, seq: 103, ok: true, counted: false, note: Some("torque 12.70 outside 12.00 ± 0.50") }
+              Tightening { step: 1, seq: 103, ok: true, counted: false, expected: true, note: Some("torque 12.70 outside 12.00 ± 0.50") }
               -> Release { wrench: "w1", pset: Some(3), count: 2 }
             @18 Tightening { wrench: "w1", seq: 104, ok: true, torque: 12.0, pset: Some(3) }
-              Tightening { step: 1, seq: 104, ok: true, counted: true, note: None }
+              Tightening { step: 1, seq: 104, ok: true, counted: true, expected: true, note: None }
             @19 Tightening { wrench: "w1", seq: 105, ok: true, torque: 12.0, pset: Some(3) }
-              Tightening { step: 1, seq: 105, ok: true, counted: true, note: None }
+              Tightening { step: 1, seq: 105, ok: true, counted: true, expected: true, note: None }
               -> Disable { wrench: "w1" }
               StepComplete { step: 1, active: TimeDelta { secs: 15, nanos: 0 }, over_benchmark: false }
               StepAdvance { step: 2, name: "close clamp" }
@@ -152,18 +152,18 @@ fn a_nok_beyond_the_policy_fails_the_unit_and_disables_the_tool() {
         true,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
-          StepAdvance { step: 0, name: "tighten" }
-          -> Release { wrench: "w1", pset: Some(3), count: 2 }
-        @1 Tightening { wrench: "w1", seq: 1, ok: false, torque: 3.0, pset: Some(3) }
-          Tightening { step: 0, seq: 1, ok: false, counted: false, note: Some("NOK from the controller") }
-        @2 Tightening { wrench: "w1", seq: 2, ok: true, torque: 12.0, pset: Some(4) }
-          Tightening { step: 0, seq: 2, ok: true, counted: false, note: Some("program 4 instead of 3") }
-          -> Disable { wrench: "w1" }
-          StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "2 NOK tightenings in step 0, more than the 1 allowed" }
-          AssemblyComplete { outcome: Failed, reason: Some("2 NOK tightenings in step 0, more than the 1 allowed"), active: TimeDelta { secs: 2, nanos: 0 } }
-        state: Finished(Failed)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
+              StepAdvance { step: 0, name: "tighten" }
+              -> Release { wrench: "w1", pset: Some(3), count: 2 }
+            @1 Tightening { wrench: "w1", seq: 1, ok: false, torque: 3.0, pset: Some(3) }
+              Tightening { step: 0, seq: 1, ok: false, counted: false, expected: true, note: Some("NOK from the controller") }
+            @2 Tightening { wrench: "w1", seq: 2, ok: true, torque: 12.0, pset: Some(4) }
+              Tightening { step: 0, seq: 2, ok: true, counted: false, expected: true, note: Some("program 4 instead of 3") }
+              -> Disable { wrench: "w1" }
+              StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "2 NOK tightenings in step 0, more than the 1 allowed" }
+              AssemblyComplete { outcome: Failed, reason: Some("2 NOK tightenings in step 0, more than the 1 allowed"), active: TimeDelta { secs: 2, nanos: 0 } }
+            state: Finished(Failed)
+        "#]],
     );
 }
 
@@ -180,18 +180,18 @@ fn a_nok_under_the_fail_policy_ends_at_once_and_release_control_off_leaves_the_t
         false,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 2 }
-          StepAdvance { step: 0, name: "tighten" }
-        @1 Tightening { wrench: "w2", seq: 1, ok: true, torque: 12.0, pset: Some(3) }
-          Tightening { step: 0, seq: 1, ok: true, counted: false, note: Some("not expected in this step") }
-        @2 Tightening { wrench: "w1", seq: 2, ok: false, torque: 3.0, pset: Some(3) }
-          Tightening { step: 0, seq: 2, ok: false, counted: false, note: Some("NOK from the controller") }
-          StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "NOK tightening 2 in step 0: NOK from the controller" }
-          AssemblyComplete { outcome: Failed, reason: Some("NOK tightening 2 in step 0: NOK from the controller"), active: TimeDelta { secs: 2, nanos: 0 } }
-        @3 Resume
-          refused: the unit is already failed
-        state: Finished(Failed)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 2 }
+              StepAdvance { step: 0, name: "tighten" }
+            @1 Tightening { wrench: "w2", seq: 1, ok: true, torque: 12.0, pset: Some(3) }
+              Tightening { step: 0, seq: 1, ok: true, counted: false, expected: false, note: Some("not expected in this step") }
+            @2 Tightening { wrench: "w1", seq: 2, ok: false, torque: 3.0, pset: Some(3) }
+              Tightening { step: 0, seq: 2, ok: false, counted: false, expected: true, note: Some("NOK from the controller") }
+              StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "NOK tightening 2 in step 0: NOK from the controller" }
+              AssemblyComplete { outcome: Failed, reason: Some("NOK tightening 2 in step 0: NOK from the controller"), active: TimeDelta { secs: 2, nanos: 0 } }
+            @3 Resume
+              refused: the unit is already failed
+            state: Finished(Failed)
+        "#]],
     );
 }
 
@@ -216,33 +216,33 @@ fn pauses_do_not_count_towards_the_timeout_or_the_step_time() {
         true,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 2 }
-          StepAdvance { step: 0, name: "tighten" }
-          -> Release { wrench: "w1", pset: Some(3), count: 1 }
-        @10 Pause
-          -> Disable { wrench: "w1" }
-          Paused { step: 0 }
-        @11 Pause
-          refused: coaching is already paused
-        @12 Tightening { wrench: "w1", seq: 1, ok: true, torque: 12.0, pset: Some(3) }
-          Tightening { step: 0, seq: 1, ok: true, counted: false, note: Some("while coaching was paused") }
-        @100 Tick
-        @110 Resume
-          Resumed { step: 0 }
-          -> Release { wrench: "w1", pset: Some(3), count: 1 }
-        @140 Tightening { wrench: "w1", seq: 2, ok: true, torque: 12.0, pset: Some(3) }
-          Tightening { step: 0, seq: 2, ok: true, counted: true, note: None }
-          -> Disable { wrench: "w1" }
-          StepComplete { step: 0, active: TimeDelta { secs: 40, nanos: 0 }, over_benchmark: true }
-          StepAdvance { step: 1, name: "tighten" }
-          -> Release { wrench: "w1", pset: Some(3), count: 1 }
-        @199 Tick
-        @200 Tick
-          -> Disable { wrench: "w1" }
-          StepInterrupt { step: 1, active: TimeDelta { secs: 60, nanos: 0 }, reason: "step 1 timed out after 60 s" }
-          AssemblyComplete { outcome: Aborted, reason: Some("step 1 timed out after 60 s"), active: TimeDelta { secs: 100, nanos: 0 } }
-        state: Finished(Aborted)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 2 }
+              StepAdvance { step: 0, name: "tighten" }
+              -> Release { wrench: "w1", pset: Some(3), count: 1 }
+            @10 Pause
+              -> Disable { wrench: "w1" }
+              Paused { step: 0 }
+            @11 Pause
+              refused: coaching is already paused
+            @12 Tightening { wrench: "w1", seq: 1, ok: true, torque: 12.0, pset: Some(3) }
+              Tightening { step: 0, seq: 1, ok: true, counted: false, expected: false, note: Some("while coaching was paused") }
+            @100 Tick
+            @110 Resume
+              Resumed { step: 0 }
+              -> Release { wrench: "w1", pset: Some(3), count: 1 }
+            @140 Tightening { wrench: "w1", seq: 2, ok: true, torque: 12.0, pset: Some(3) }
+              Tightening { step: 0, seq: 2, ok: true, counted: true, expected: true, note: None }
+              -> Disable { wrench: "w1" }
+              StepComplete { step: 0, active: TimeDelta { secs: 40, nanos: 0 }, over_benchmark: true }
+              StepAdvance { step: 1, name: "tighten" }
+              -> Release { wrench: "w1", pset: Some(3), count: 1 }
+            @199 Tick
+            @200 Tick
+              -> Disable { wrench: "w1" }
+              StepInterrupt { step: 1, active: TimeDelta { secs: 60, nanos: 0 }, reason: "step 1 timed out after 60 s" }
+              AssemblyComplete { outcome: Aborted, reason: Some("step 1 timed out after 60 s"), active: TimeDelta { secs: 100, nanos: 0 } }
+            state: Finished(Aborted)
+        "#]],
     );
 }
 

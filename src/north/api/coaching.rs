@@ -234,7 +234,7 @@ struct WsRequest {
 /// The coaching WebSocket: send `{"start": {...}}` or `{"interrupt": {...}}`; receive the
 /// state, then `{"status": type, "msg": event}` for every event of the unit being built.
 #[utoipa::path(get, path = "/api/v1/coaching/ws", tag = "coaching",
-    responses((status = 101, description = "WebSocket: state, started, step_advance, prediction, tightening, input, output, qa, notice, paused, resumed, step_complete, step_interrupt, assembly_complete, error"), Guarded),
+    responses((status = 101, description = "WebSocket: state, started, step_advance, prediction, tightening, stray_tightening, input, output, qa, notice, paused, resumed, step_complete, step_interrupt, assembly_complete, error"), Guarded),
     security(("bearer" = [])))]
 pub async fn ws(
     State(state): State<ApiState>,
@@ -407,6 +407,7 @@ pub struct RecordMetricsDto {
     steps_over_benchmark: usize,
     tightenings_ok: u32,
     tightenings_nok: u32,
+    tightenings_stray: u32,
     steps: Vec<UnitStepDto>,
 }
 
@@ -428,6 +429,7 @@ pub async fn record_metrics(
         steps_over_benchmark: steps.iter().filter(|s| s.over_benchmark == Some(true)).count(),
         tightenings_ok: steps.iter().map(|s| s.tightenings_ok).sum(),
         tightenings_nok: steps.iter().map(|s| s.tightenings_nok).sum(),
+        tightenings_stray: steps.iter().map(|s| s.tightenings_stray).sum(),
         steps,
     }))
 }
@@ -543,11 +545,11 @@ pub async fn qa_report_html(State(state): State<ApiState>, Path(id): Path<String
     ));
     html.push_str(
         "<h3>Steps</h3><table><tr><th>#</th><th>Step</th><th>Status</th><th>Active s</th><th>Over benchmark</th>\
-         <th>Predictions</th><th>Tightenings OK / NOK</th><th>QA</th><th>Note</th></tr>",
+         <th>Predictions</th><th>Tightenings OK / NOK / stray</th><th>QA</th><th>Note</th></tr>",
     );
     for s in &r.steps {
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td><td>{}</td></tr>",
             s.step_index,
             escape(&s.name),
             s.status,
@@ -556,6 +558,7 @@ pub async fn qa_report_html(State(state): State<ApiState>, Path(id): Path<String
             s.predictions,
             s.tightenings_ok,
             s.tightenings_nok,
+            s.tightenings_stray,
             opt(s.qa_passed),
             opt(s.reason.as_deref()),
         ));

@@ -426,8 +426,8 @@ impl From<&crate::storage::AlertRecord> for AlertDto {
 }
 
 /// One stamped event of a unit record. Which fields are set depends on `type`:
-/// `prediction` (inspection_id, label, confidence, matched), `tightening` (tightening_seq,
-/// ok, counted, note), `input`/`output` (line, active), `qa` (passed, by), `step_advance`
+/// `prediction` (inspection_id, label, confidence, matched), `tightening` and
+/// `stray_tightening` (one the step had no torque action for; tightening_seq, ok, counted, note), `input`/`output` (line, active), `qa` (passed, by), `step_advance`
 /// (name), `step_complete` (active_s, over_benchmark), `step_interrupt` (active_s, reason),
 /// `assembly_complete` (active_s, reason), `started` and `notice` (text).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -503,7 +503,7 @@ impl From<&UnitEvent> for UnitEventDto {
                 dto.confidence = e.value.map(|v| (v * 1000.0).round() / 1000.0);
                 dto.matched = e.ok;
             }
-            "tightening" => {
+            "tightening" | "stray_tightening" => {
                 dto.ok = e.ok;
                 dto.counted = e.flag;
                 dto.note = e.text.clone();
@@ -546,8 +546,11 @@ pub struct UnitStepDto {
     pub inspections: Vec<String>,
     pub predictions: u32,
     pub tightenings: Vec<i64>,
+    /// Tightenings of the step's torque actions that counted, and those that did not.
     pub tightenings_ok: u32,
     pub tightenings_nok: u32,
+    /// Tightenings made during the step that it had no torque action for.
+    pub tightenings_stray: u32,
     pub qa_passed: Option<bool>,
     pub reason: Option<String>,
 }
@@ -570,6 +573,7 @@ pub fn unit_steps(events: &[UnitEvent]) -> Vec<UnitStepDto> {
                 tightenings: Vec::new(),
                 tightenings_ok: 0,
                 tightenings_nok: 0,
+                tightenings_stray: 0,
                 qa_passed: None,
                 reason: None,
             });
@@ -580,6 +584,10 @@ pub fn unit_steps(events: &[UnitEvent]) -> Vec<UnitStepDto> {
             "prediction" => {
                 step.predictions += 1;
                 step.inspections.extend(e.inspection_id.map(|i| i.to_string()));
+            }
+            "stray_tightening" => {
+                step.tightenings.extend(e.tightening_seq);
+                step.tightenings_stray += 1;
             }
             "tightening" => {
                 step.tightenings.extend(e.tightening_seq);
@@ -712,5 +720,31 @@ impl From<&crate::coaching::CoachingStatus> for CoachingStatusDto {
                 ended_at: rfc3339(l.ended_at),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::assembly::Message;
+
+    #[test]
+    fn unit_steps_count_counted_rejected_and_stray_tightenings_apart() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let tightening =
+            |seq, ok, counted, expected| Message::Tightening { step: 0, seq, ok, counted, expected, note: None };
+        let messages = [
+            Message::StepAdvance { step: 0, name: "screws".into() },
+            tightening(1, true, true, true),
+            tightening(2, false, false, true),
+            tightening(3, true, false, false),
+            tightening(4, true, true, true),
+        ];
+        let events: Vec<UnitEvent> = messages.iter().map(|m| UnitEvent::from_message(m, at)).collect();
+        let steps = unit_steps(&events);
+        assert_eq!(steps.len(), 1);
+        let step = &steps[0];
+        assert_eq!((step.tightenings_ok, step.tightenings_nok, step.tightenings_stray), (2, 1, 1));
+        assert_eq!(step.tightenings, [1, 2, 3, 4]);
     }
 }
