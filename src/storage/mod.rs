@@ -12,6 +12,7 @@
 mod alerts;
 mod assembly;
 mod images;
+mod models;
 mod pipelines;
 mod retention;
 mod schema;
@@ -36,6 +37,8 @@ pub use assembly::{
     Assembly, AssemblyError, AssemblyFields, NewOperator, Operator, OperatorUpdate, Step, StepAction, StepFields,
     UnitEvent, UnitFilter, UnitRecord, data_type,
 };
+pub(crate) use models::stage_model;
+pub use models::{ConfigRegistration, ModelActivation, ModelDeleteError, ModelRecord, ModelSource};
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
 pub use retention::{Cleanup, StorageUsage, spawn as spawn_retention};
 pub use tightenings::{NewTightening, TighteningFilter, TighteningRecord};
@@ -193,6 +196,8 @@ pub struct TrendBucket {
 pub struct Db {
     conn: Connection,
     images_root: PathBuf,
+    /// The model registry's store: `<state_dir>/models`.
+    models_root: PathBuf,
     /// Whether records also get an MQTT outbox row (only while MQTT is enabled, so that
     /// rows nobody will deliver do not pile up).
     outbox: bool,
@@ -222,14 +227,16 @@ impl Db {
             return Err(StorageError::Corrupt(format!("quick_check: {check}")));
         }
         let applied = schema::migrate(&mut conn)?;
-        let db = Db { conn, images_root, outbox };
+        let db = Db { conn, images_root, models_root: state_dir.join("models"), outbox };
         let referenced = db.referenced_images()?;
         let removed = images::sweep_orphans(&db.images_root, &referenced)?;
+        let models_removed = db.sweep_model_store()?;
         tracing::info!(
             path = %state_dir.join("stationd.db").display(),
             schema = schema::CURRENT,
             migrations_applied = applied,
             orphan_images_removed = removed,
+            orphan_model_folders_removed = models_removed,
             check_ms = started.elapsed().as_millis() as u64,
             "storage open"
         );
@@ -243,7 +250,7 @@ impl Db {
         std::fs::create_dir_all(state_dir)?;
         let mut conn = connect(state_dir)?;
         schema::migrate(&mut conn)?;
-        Ok(Db { conn, images_root: state_dir.join("images"), outbox: false })
+        Ok(Db { conn, images_root: state_dir.join("images"), models_root: state_dir.join("models"), outbox: false })
     }
 
     pub fn images_root(&self) -> &Path {

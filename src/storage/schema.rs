@@ -302,6 +302,29 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE outbox;
     ALTER TABLE outbox_v7 RENAME TO outbox;
     CREATE INDEX outbox_pending ON outbox (station_id, seq) WHERE delivered_at_ms IS NULL;",
+    // 8: the model registry and its activation log (the newest row serves).
+    "CREATE TABLE models (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        version       TEXT NOT NULL,
+        task          TEXT NOT NULL,
+        description   TEXT NOT NULL,
+        source        TEXT NOT NULL CHECK (source IN ('config', 'upload')),
+        dir           TEXT NOT NULL,
+        sha256        TEXT NOT NULL,
+        metrics       TEXT NOT NULL,
+        size_bytes    INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by    TEXT,
+        UNIQUE (name, version)
+    );
+    CREATE TABLE model_activations (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_id        TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        activated_at_ms INTEGER NOT NULL,
+        activated_by    TEXT,
+        reason          TEXT NOT NULL CHECK (reason IN ('config', 'activate', 'rollback'))
+    );",
 ];
 
 /// The schema version this build writes.
