@@ -64,7 +64,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     if let Some(keep) = config.image_retention {
         storage::spawn_retention(&mut supervisor, storage.clone(), keep);
     }
-    let inference = inference::spawn(&mut supervisor, config.inference.model_dir.clone(), config.inference.threads);
+    // The registry picks the model to serve (the config's, or the one activated last).
+    let initial = crate::models::resolve_start(&storage, &config.inference.model_dir).await;
+    let inference = inference::spawn(&mut supervisor, initial, config.inference.threads);
+    let models = crate::models::Registry::new(
+        storage.clone(),
+        inference.clone(),
+        config.inference.thresholds.clone(),
+        &config.state_dir,
+    );
 
     let mut cameras: BTreeMap<String, CameraHandle> = BTreeMap::new();
     for (id, camera) in &config.cameras {
@@ -260,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         metrics,
         pipelines,
         coaching: coaching.clone(),
+        models,
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
         image_retention: config.image_retention,

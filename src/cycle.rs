@@ -113,12 +113,15 @@ impl Inspector {
         &self.cameras
     }
 
-    /// The loaded model and its decision rule with the config's thresholds, read together
-    /// so that both describe the same model.
-    pub fn model_and_rule(&self) -> Result<(Arc<ModelInfo>, decision::DecisionRule), InferenceError> {
-        let model = self.inference.model().ok_or(InferenceError::NotReady)?;
-        let rule = model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))?;
-        Ok((model, rule))
+    /// `model`'s decision rule with the config's thresholds. Take the model from the
+    /// inference result, not from the handle: during a hot swap they may differ.
+    pub fn rule_for(&self, model: &ModelInfo) -> Result<decision::DecisionRule, InferenceError> {
+        model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))
+    }
+
+    /// The config's threshold overrides (an activation checks a new model against them).
+    pub fn overrides(&self) -> &ThresholdOverrides {
+        &self.overrides
     }
 
     /// The stations that inspect with camera `camera_id`.
@@ -156,7 +159,8 @@ impl Inspector {
 
         let inferred = self.inference.infer(input).await?;
         self.metrics.stage(&request.station_id, Stage::Inference, request.triggered_at.elapsed());
-        let (model, rule) = self.model_and_rule()?;
+        let model = inferred.model.clone();
+        let rule = self.rule_for(&model)?;
         let verdict = decision::decide(&rule, &inferred.output);
         let scores = match &inferred.output {
             ModelOutput::Classification { probabilities } => {

@@ -8,6 +8,7 @@
 //! - [`bus`]: `Event`, `Effect`, `Notification`, `Snapshot` and their channels.
 //! - [`cycle`]: one inspection: image → inference → decision → committed record.
 //! - [`inference`]: tract models on dedicated threads.
+//! - [`models`]: the model registry (upload, activate with a hot swap, rollback).
 //! - [`storage`]: SQLite and the image store on one thread; the only SQL.
 //! - [`south`]: device adapters (cameras).
 //! - [`north`]: plant-facing interfaces (REST API).
@@ -29,6 +30,7 @@ pub mod core_task;
 pub mod cycle;
 pub mod inference;
 pub mod metrics;
+pub mod models;
 pub mod north;
 pub mod pipelines;
 pub mod south;

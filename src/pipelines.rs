@@ -318,8 +318,8 @@ async fn watch(spec: PipelineSpec, inspector: Inspector, stats: Arc<Mutex<RunSta
                 continue;
             }
         };
-        let rule = match inspector.model_and_rule() {
-            Ok((_, rule)) => rule,
+        let rule = match inspector.rule_for(&inferred.model) {
+            Ok(rule) => rule,
             Err(err) => {
                 set_error(Some(err.to_string()));
                 continue;

@@ -85,6 +85,22 @@ impl ServiceContext {
     pub fn set_degraded(&self, reason: impl Into<String>) {
         self.state.send_replace(ServiceState::Degraded(reason.into()));
     }
+
+    /// A handle that reports this service's state from elsewhere (the inference service
+    /// turns ready when a model is activated through the API after a failed start).
+    pub fn reporter(&self) -> StateReporter {
+        StateReporter(self.state.clone())
+    }
+}
+
+/// Sets one service's readiness; see [`ServiceContext::reporter`].
+#[derive(Clone)]
+pub struct StateReporter(watch::Sender<ServiceState>);
+
+impl StateReporter {
+    pub fn set_ready(&self) {
+        self.0.send_replace(ServiceState::Ready);
+    }
 }
 
 struct Service {

@@ -13,7 +13,7 @@ pub mod spec;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use image::RgbImage;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tract_onnx::prelude::*;
 
 use crate::core::decision::ModelOutput;
-use crate::supervisor::{Phase, ServiceContext, Supervisor};
+use crate::supervisor::{Phase, ServiceContext, StateReporter, Supervisor};
 pub use spec::{ModelSpec, Task};
 
 /// Why a model could not be loaded or run.
@@ -139,6 +139,9 @@ pub enum ImageInput {
 #[derive(Debug)]
 pub struct Inferred {
     pub output: ModelOutput,
+    /// The model that produced `output`. During a hot swap this may already differ from
+    /// [`InferenceHandle::model`]; the record names this one.
+    pub model: Arc<ModelInfo>,
     /// Model time only (preprocessing included, decoding excluded).
     pub inference_ms: f64,
     pub width: u32,
@@ -163,16 +166,10 @@ enum Job {
     Stop,
 }
 
-/// Cheap to clone; submits images to the inference threads.
-#[derive(Clone)]
-pub struct InferenceHandle {
-    jobs: mpsc::Sender<Job>,
-    model: watch::Receiver<Option<Arc<ModelInfo>>>,
-}
-
-/// What the API shows about the active model.
+/// A model and what the API shows about it: its registry id, its spec and its folder.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
+    pub id: String,
     pub spec: ModelSpec,
     pub dir: PathBuf,
 }
@@ -194,6 +191,22 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, InferenceError> {
     Ok(decoded.into_rgb8())
 }
 
+/// The model the threads serve with, and its description.
+struct Active {
+    model: Model,
+    info: Arc<ModelInfo>,
+}
+
+/// Cheap to clone; submits images to the inference threads and swaps their model.
+#[derive(Clone)]
+pub struct InferenceHandle {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<SharedQueue>,
+    model: watch::Receiver<Option<Arc<ModelInfo>>>,
+    /// One swap at a time, so that the last activation committed is the one served.
+    swap: Arc<tokio::sync::Mutex<()>>,
+}
+
 impl InferenceHandle {
     pub async fn infer(&self, image: ImageInput) -> Result<Inferred, InferenceError> {
         if self.model.borrow().is_none() {
@@ -204,11 +217,12 @@ impl InferenceHandle {
         answer.await.map_err(|_| InferenceError::Stopped)?
     }
 
+    /// The model serving now.
     pub fn model(&self) -> Option<Arc<ModelInfo>> {
         self.model.borrow().clone()
     }
 
-    /// Resolves once a model is loaded (or never, if loading failed).
+    /// Resolves once a model is loaded (or never, if none ever is).
     pub async fn wait_loaded(&self) -> Arc<ModelInfo> {
         let mut rx = self.model.clone();
         loop {
@@ -220,139 +234,173 @@ impl InferenceHandle {
             }
         }
     }
+
+    /// Takes the swap lock: the caller loads the new model ([`load_off_runtime`]), commits
+    /// its activation, then [`SwapGuard::install`]s it. Triggers keep being served by the
+    /// old model until `install` returns; jobs already running finish with the old one.
+    pub async fn begin_swap(&self) -> SwapGuard<'_> {
+        SwapGuard { handle: self, _lock: self.swap.lock().await }
+    }
+}
+
+/// Held while a model is being swapped in; see [`InferenceHandle::begin_swap`].
+pub struct SwapGuard<'a> {
+    handle: &'a InferenceHandle,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl SwapGuard<'_> {
+    pub fn install(self, loaded: Loaded) {
+        let info = loaded.0.info.clone();
+        self.handle.shared.install(loaded.0);
+        tracing::info!(model = info.spec.name, version = info.spec.version, id = info.id, "model activated");
+    }
+}
+
+/// A model loaded and warmed up, not yet serving.
+pub struct Loaded(Arc<Active>);
+
+impl Loaded {
+    pub fn info(&self) -> &Arc<ModelInfo> {
+        &self.0.info
+    }
+
+    /// Runs the model `iterations` times on a fixed image; per-run milliseconds.
+    pub fn time_runs(&self, iterations: usize) -> Result<Vec<f64>, ModelError> {
+        let spec = &self.0.model.spec;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let image = RgbImage::from_fn(spec.width, spec.height, |_, _| image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            self.0.model.run(&image)?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(times)
+    }
+}
+
+/// Loads and warms up the model in `dir` on the blocking pool, so that neither the
+/// runtime nor the inference threads wait for it.
+pub async fn load_off_runtime(id: String, dir: PathBuf) -> Result<Loaded, ModelError> {
+    tokio::task::spawn_blocking(move || load(id, dir))
+        .await
+        .map_err(|err| ModelError::Run(format!("the loader failed: {err}")))?
+}
+
+fn load(id: String, dir: PathBuf) -> Result<Loaded, ModelError> {
+    let model = Model::load(&dir)?;
+    let info = Arc::new(ModelInfo { id, spec: model.spec.clone(), dir });
+    Ok(Loaded(Arc::new(Active { model, info })))
 }
 
 /// Queue depth in front of the inference threads; callers wait (backpressure) beyond it.
 const JOB_QUEUE: usize = 64;
 
-/// Starts `threads` inference threads. The first loads the model; the others wait for it.
-/// A model that fails to load leaves the service degraded: inspections get 503 and
-/// `/ready` names the cause, while records, health and statistics stay available.
-pub fn spawn(supervisor: &mut Supervisor, model_dir: PathBuf, threads: usize) -> InferenceHandle {
+/// Starts `threads` inference threads serving whichever model is active. The first loads
+/// `initial` (the registry's active model: its id and folder, or why there is none). A
+/// model that fails to load leaves the service degraded: inspections get 503 and `/ready`
+/// names the cause, while records, health and statistics stay available, and activating
+/// a model through the API brings it back.
+pub fn spawn(
+    supervisor: &mut Supervisor,
+    initial: Result<(String, PathBuf), String>,
+    threads: usize,
+) -> InferenceHandle {
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
     let (model_tx, model_rx) = watch::channel(None);
     let shared = Arc::new(SharedQueue {
         jobs: Mutex::new(jobs_rx),
-        load: Mutex::new(LoadState::Loading),
-        loaded: Condvar::new(),
+        active: Mutex::new(None),
+        announce: model_tx,
+        reporter: Mutex::new(None),
     });
+    let mut initial = Some(initial);
     for index in 0..threads {
-        let (shared, stop_shared) = (shared.clone(), shared.clone());
-        let (model_dir, model_tx, stop_tx) = (model_dir.clone(), model_tx.clone(), jobs_tx.clone());
+        let (shared, stop_tx) = (shared.clone(), jobs_tx.clone());
+        let initial = initial.take();
         supervisor.spawn_thread(
             format!("inference-{index}"),
             Phase::Inference,
             move |ctx: ServiceContext| {
-                let model = if index == 0 {
+                if let Some(initial) = initial {
+                    *shared.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.reporter());
                     let started = Instant::now();
-                    let loaded = Model::load(&model_dir).map(Arc::new);
-                    shared.finish_loading(loaded.as_ref().ok().cloned());
+                    let loaded = initial.and_then(|(id, dir)| {
+                        load(id, dir.clone()).map_err(|err| format!("model not loaded from {}: {err}", dir.display()))
+                    });
                     match loaded {
-                        Ok(model) => {
-                            tracing::info!(
-                                model = model.spec.name,
-                                version = model.spec.version,
-                                load_ms = started.elapsed().as_millis() as u64,
-                                "model loaded"
-                            );
-                            model_tx.send_replace(Some(Arc::new(ModelInfo { spec: model.spec.clone(), dir: model_dir })));
-                            model
+                        Ok(loaded) => {
+                            let spec = &loaded.0.info.spec;
+                            let load_ms = started.elapsed().as_millis() as u64;
+                            tracing::info!(model = spec.name, version = spec.version, load_ms, "model loaded");
+                            shared.install(loaded.0);
                         }
-                        Err(err) => {
+                        Err(reason) => {
                             // No model, no inspections; but the station stays up, its
                             // records readable and the reason on /ready.
-                            tracing::error!(cause = %err, dir = %model_dir.display(), "model not loaded; inspections refused");
-                            ctx.set_degraded(format!("model not loaded: {err}"));
-                            refuse_until_stop(&shared);
-                            return Ok(());
+                            tracing::error!(cause = %reason, "no model; inspections refused until one is activated");
+                            ctx.set_degraded(reason);
                         }
                     }
                 } else {
-                    match shared.wait_loaded() {
-                        Some(model) => model,
-                        None => {
-                            ctx.set_degraded("model not loaded");
-                            refuse_until_stop(&shared);
-                            return Ok(());
-                        }
-                    }
-                };
-                ctx.set_ready();
-                serve(&shared, &model);
+                    ctx.set_ready();
+                }
+                serve(&shared);
                 Ok(())
             },
             async move {
-                stop_shared.finish_loading(None);
                 let _ = stop_tx.send(Job::Stop).await;
             },
         );
     }
-    InferenceHandle { jobs: jobs_tx, model: model_rx }
-}
-
-enum LoadState {
-    Loading,
-    Loaded(Arc<Model>),
-    /// Loading failed or the service is stopping: waiting threads give up.
-    GaveUp,
+    InferenceHandle { jobs: jobs_tx, shared, model: model_rx, swap: Arc::new(tokio::sync::Mutex::new(())) }
 }
 
 struct SharedQueue {
     // Held only while taking the next job, by one thread at a time.
     jobs: Mutex<mpsc::Receiver<Job>>,
-    load: Mutex<LoadState>,
-    /// Signalled when `load` leaves `Loading`.
-    loaded: Condvar,
+    /// Locked only to read or replace the `Arc`, never while a model runs.
+    active: Mutex<Option<Arc<Active>>>,
+    announce: watch::Sender<Option<Arc<ModelInfo>>>,
+    /// The first thread's readiness: degraded until a model serves.
+    reporter: Mutex<Option<StateReporter>>,
 }
 
 impl SharedQueue {
-    /// Records the outcome of loading (`None`: failed or stopping) and wakes the waiters.
-    /// The first outcome wins: a stop during loading is not undone by the load finishing.
-    fn finish_loading(&self, model: Option<Arc<Model>>) {
-        let mut state = self.load.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*state, LoadState::Loading) {
-            *state = model.map_or(LoadState::GaveUp, LoadState::Loaded);
+    fn install(&self, active: Arc<Active>) {
+        let info = active.info.clone();
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(active);
+        self.announce.send_replace(Some(info));
+        if let Some(reporter) = &*self.reporter.lock().unwrap_or_else(|e| e.into_inner()) {
+            reporter.set_ready();
         }
-        self.loaded.notify_all();
     }
 
-    fn wait_loaded(&self) -> Option<Arc<Model>> {
-        let state = self.load.lock().unwrap_or_else(|e| e.into_inner());
-        let state =
-            self.loaded.wait_while(state, |s| matches!(s, LoadState::Loading)).unwrap_or_else(|e| e.into_inner());
-        match &*state {
-            LoadState::Loaded(model) => Some(model.clone()),
-            _ => None,
-        }
+    fn active(&self) -> Option<Arc<Active>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-fn serve(shared: &SharedQueue, model: &Model) {
+fn serve(shared: &SharedQueue) {
     loop {
         let job = shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
         match job {
             Some(Job::Infer { image, reply }) => {
-                let _ = reply.send(infer_one(model, image));
+                // The model is picked per job: a swap takes effect at the next job, and
+                // the old model is dropped when the last job using it has finished.
+                let result = match shared.active() {
+                    Some(active) => infer_one(&active, image),
+                    None => Err(InferenceError::NotReady),
+                };
+                let _ = reply.send(result);
             }
             Some(Job::Stop) | None => return,
         }
     }
 }
 
-/// Without a model: answers every job with `NotReady` until stopped.
-fn refuse_until_stop(shared: &SharedQueue) {
-    loop {
-        let job = shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
-        match job {
-            Some(Job::Infer { reply, .. }) => {
-                let _ = reply.send(Err(InferenceError::NotReady));
-            }
-            Some(Job::Stop) | None => return,
-        }
-    }
-}
-
-fn infer_one(model: &Model, image: ImageInput) -> Result<Inferred, InferenceError> {
+fn infer_one(active: &Active, image: ImageInput) -> Result<Inferred, InferenceError> {
     let decoded;
     let image: &RgbImage = match &image {
         ImageInput::Encoded(bytes) => {
@@ -362,9 +410,10 @@ fn infer_one(model: &Model, image: ImageInput) -> Result<Inferred, InferenceErro
         ImageInput::Decoded(image) => image,
     };
     let started = Instant::now();
-    let output = model.run(image)?;
+    let output = active.model.run(image)?;
     Ok(Inferred {
         output,
+        model: active.info.clone(),
         inference_ms: started.elapsed().as_secs_f64() * 1000.0,
         width: image.width(),
         height: image.height(),

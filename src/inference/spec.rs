@@ -51,6 +51,8 @@ pub struct ModelSpec {
     pub fail_threshold: f32,
     /// Held-out accuracy as measured by the training script, if reported.
     pub heldout_accuracy: Option<f64>,
+    /// The `[metrics]` table as the training script wrote it (shown by the registry).
+    pub metrics: toml::Table,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +162,7 @@ impl ModelSpec {
             pass_threshold: raw.thresholds.pass_threshold,
             fail_threshold: raw.thresholds.fail_threshold,
             heldout_accuracy,
+            metrics: raw.metrics.unwrap_or_default(),
         };
         spec.rule(&ThresholdOverrides::default())?;
         Ok(spec)

@@ -11,6 +11,7 @@ mod config_api;
 mod gpio;
 mod modbus;
 mod model;
+mod models;
 mod mqtt;
 mod opcua;
 mod openapi;

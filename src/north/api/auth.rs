@@ -571,7 +571,7 @@ pub(super) async fn hash_off_runtime(password: String) -> Result<String, ApiErro
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "password hashing failed"))
 }
 
-async fn audit(
+pub(super) async fn audit(
     state: &ApiState,
     caller: &Caller,
     client: ClientAddr,

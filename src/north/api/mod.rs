@@ -11,6 +11,7 @@ pub mod config;
 pub(crate) mod dto;
 mod error;
 mod gpio;
+mod models;
 pub mod openapi;
 mod pipelines;
 mod routes;
@@ -59,6 +60,7 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     pub pipelines: crate::pipelines::Pipelines,
     pub coaching: crate::coaching::Coaching,
+    pub models: crate::models::Registry,
     pub state_dir: std::path::PathBuf,
     pub image_retention: Option<std::time::Duration>,
     /// The core's notifications, for the WebSocket.
@@ -129,6 +131,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/cameras/{id}/frame", get(cameras::frame))
         .route("/cameras/{id}/stream", get(cameras::stream))
         .route("/cameras/{id}/config", get(cameras::get_config).put(cameras::put_config))
+        .route("/models", get(models::list).post(models::upload).layer(DefaultBodyLimit::max(models::UPLOAD_LIMIT)))
+        .route("/models/rollback", post(models::rollback))
+        .route("/models/{id}", get(models::get).delete(models::delete))
+        .route("/models/{id}/activate", post(models::activate))
+        .route("/models/{id}/benchmark", post(models::benchmark))
         .route("/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/pipelines/{id}", get(pipelines::get).patch(pipelines::patch).delete(pipelines::delete))
         .route("/pipelines/{id}/events", get(pipelines::events))

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::error::ErrorBody;
-use super::{alerts, assembly, auth, cameras, coaching, config, gpio, pipelines, routes, wrenches, ws};
+use super::{alerts, assembly, auth, cameras, coaching, config, gpio, models, pipelines, routes, wrenches, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -123,6 +123,13 @@ use super::{alerts, assembly, auth, cameras, coaching, config, gpio, pipelines, 
         cameras::stream,
         cameras::get_config,
         cameras::put_config,
+        models::list,
+        models::upload,
+        models::get,
+        models::delete,
+        models::activate,
+        models::rollback,
+        models::benchmark,
         pipelines::list,
         pipelines::create,
         pipelines::get,
