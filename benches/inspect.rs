@@ -68,6 +68,7 @@ fn main() {
         })
         .collect();
     drop(model);
+    let per_model = tract_per_model();
 
     // A simulated tightening controller in this process, which the daemon connects to.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -135,7 +136,7 @@ fn main() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let idle_rss = rss_kib(child.id());
 
-    let (e2e, overhead, plc, plc_overhead, tightening) = runtime.block_on(async {
+    let (e2e, overhead, plc, plc_overhead, tightening, swaps) = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let login = Request::post(format!("http://{addr}/api/v1/auth/login"))
             .header("content-type", "application/json")
@@ -173,7 +174,8 @@ fn main() {
         }
         let (plc, plc_overhead) = modbus_handshakes(&client, &addr, &bearer, modbus_addr).await;
         let tightening = tightening_acks(&wrench).await;
-        (e2e, overhead, plc, plc_overhead, tightening)
+        let swaps = hot_swaps(&client, &addr, &bearer, body).await;
+        (e2e, overhead, plc, plc_overhead, tightening, swaps)
     });
     stop_controller.cancel();
     let busy_rss = rss_kib(child.id());
@@ -183,11 +185,23 @@ fn main() {
 
     eprintln!("\nstationd inspect bench ({} iterations, 128x128 JPEG, bundled parts-classifier)", ITERATIONS);
     report("pure inference (tract, preprocess + run)", pure);
+    for (name, samples) in per_model {
+        report(&format!("tract 1 thread, input-size image: {name}"), samples);
+    }
     report("POST /api/v1/inspect end to end (HTTP)", e2e);
     report("daemon overhead (end to end - inference)", overhead);
     report("Modbus Trigger -> ResultsValid (PLC poll)", plc);
     report("  minus inference", plc_overhead);
     report("wrench MID 0061 pushed -> 0062 ack (commit)", tightening);
+    let HotSwaps { triggers, failed, activations } = swaps;
+    eprintln!(
+        "hot swap under a 20 Hz trigger load: {} triggers, {} failed, {} swaps",
+        triggers.len(),
+        failed,
+        activations.len()
+    );
+    report("  trigger (POST /inspect) during the swaps", triggers);
+    report("  POST /models/{id}/activate|rollback", activations);
     eprintln!("{:<42} {} KiB idle, {} KiB after the run", "daemon RSS", idle_rss, busy_rss);
     eprintln!("daemon exit after SIGTERM: {exit}");
     assert!(exit.success(), "the daemon must stop cleanly on SIGTERM");
@@ -372,4 +386,122 @@ async fn modbus_handshakes(
         }
     }
     (latency, overhead)
+}
+
+struct HotSwaps {
+    triggers: Vec<f64>,
+    failed: usize,
+    activations: Vec<f64>,
+}
+
+/// Uploads the bundled model again as version 1.1.0, then swaps between it and the
+/// bundled one once a second for 20 s while triggers arrive at 20 Hz.
+async fn hot_swaps(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: &str,
+    bearer: &str,
+    inspect_body: Bytes,
+) -> HotSwaps {
+    let toml = std::fs::read_to_string("models/parts-classifier/model.toml").unwrap();
+    let toml = toml.replace("version = \"1.0.0\"", "version = \"1.1.0\"");
+    let onnx = std::fs::read("models/parts-classifier/model.onnx").unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in [("model.toml", toml.as_bytes()), ("model.onnx", onnx.as_slice())] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, bytes).unwrap();
+    }
+    let boundary = "bench-boundary";
+    let mut form = Vec::new();
+    form.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.tar\"\r\n\r\n").as_bytes(),
+    );
+    form.extend_from_slice(&tar.into_inner().unwrap());
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let upload = Request::post(format!("http://{addr}/api/v1/models"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("authorization", bearer)
+        .body(Full::new(Bytes::from(form)))
+        .unwrap();
+    let response = client.request(upload).await.unwrap();
+    assert_eq!(response.status(), 201, "model upload");
+    let uploaded = response.into_body().collect().await.unwrap().to_bytes();
+    let uploaded: serde_json::Value = serde_json::from_slice(&uploaded).unwrap();
+    let new_id = uploaded["id"].as_str().unwrap().to_owned();
+
+    let done = std::cell::Cell::new(false);
+    let load = async {
+        let (mut triggers, mut failed) = (Vec::new(), 0);
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(50));
+        while !done.get() {
+            ticker.tick().await;
+            let request = Request::post(format!("http://{addr}/api/v1/inspect"))
+                .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .header("authorization", bearer)
+                .body(Full::new(inspect_body.clone()))
+                .unwrap();
+            let started = Instant::now();
+            let response = client.request(request).await.unwrap();
+            let ok = response.status() == 201;
+            response.into_body().collect().await.unwrap();
+            triggers.push(started.elapsed().as_secs_f64() * 1000.0);
+            failed += usize::from(!ok);
+        }
+        (triggers, failed)
+    };
+    let swaps = async {
+        let mut activations = Vec::new();
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.tick().await;
+        for round in 0..20 {
+            ticker.tick().await;
+            let path = if round % 2 == 0 {
+                format!("/api/v1/models/{new_id}/activate")
+            } else {
+                "/api/v1/models/rollback".into()
+            };
+            let request = Request::post(format!("http://{addr}{path}"))
+                .header("authorization", bearer)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let started = Instant::now();
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.into_body().collect().await.unwrap();
+            activations.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        done.set(true);
+        activations
+    };
+    let ((triggers, failed), activations) = tokio::join!(load, swaps);
+    HotSwaps { triggers, failed, activations }
+}
+
+/// Each bundled model with tract on one thread, on an image of its input size (so no
+/// resize, as `tools/bench_onnxruntime.py` measures onnxruntime): 20 warm-up runs, then
+/// `ITERATIONS` timed runs.
+fn tract_per_model() -> Vec<(String, Vec<f64>)> {
+    let mut folders: Vec<_> = std::fs::read_dir("models").unwrap().map(|e| e.unwrap().path()).collect();
+    folders.sort();
+    let mut figures = Vec::new();
+    for folder in folders.into_iter().filter(|f| f.join("model.onnx").exists()) {
+        let model = stationd::inference::Model::load(&folder).unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (width, height) = (model.spec.width, model.spec.height);
+        let image = image::RgbImage::from_fn(width, height, |_, _| image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
+        for _ in 0..WARMUP {
+            model.run(&image).unwrap();
+        }
+        let samples = (0..ITERATIONS)
+            .map(|_| {
+                let started = Instant::now();
+                model.run(&image).unwrap();
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        figures.push((folder.file_name().unwrap().to_string_lossy().into_owned(), samples));
+    }
+    figures
 }
