@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod assembly;
 pub mod decision;
+pub mod drift;
 pub mod monitor;
 pub mod outputs;
 pub mod stats;
