@@ -32,6 +32,8 @@ pub struct Sources {
     pub readiness: Readiness,
     pub notifications: broadcast::Sender<Notification>,
     pub state_dir: PathBuf,
+    /// Camera drift reports; `None` when drift monitoring is off.
+    pub drift: Option<watch::Receiver<crate::drift::Reports>>,
 }
 
 /// `config` may change at run time (`PUT /api/v1/config`): the next evaluation uses it.
@@ -41,7 +43,7 @@ pub fn spawn(supervisor: &mut Supervisor, config: watch::Receiver<AlertsConfig>,
 
 async fn run(
     mut config: watch::Receiver<AlertsConfig>,
-    sources: Sources,
+    mut sources: Sources,
     ctx: ServiceContext,
 ) -> Result<(), ServiceError> {
     let active = match sources.storage.call(|db| db.active_alerts()).await {
@@ -75,6 +77,9 @@ async fn run(
                         tracing::warn!(cause = %err, "pruning old alerts failed");
                     }
                 }
+            }
+            Some(()) = drift_changed(&mut sources.drift) => {
+                observation.drift = drift(&sources.drift);
             }
             () = sources.readiness.changed() => {
                 observation.degraded = degraded(&sources.readiness);
@@ -120,7 +125,34 @@ async fn observe(sources: &Sources) -> Observation {
             0
         }
     };
-    Observation { stations, degraded, disk, outbox_backlog }
+    Observation { stations, degraded, disk, outbox_backlog, drift: drift(&sources.drift) }
+}
+
+/// Resolves at the next drift report (never when drift monitoring is off or has stopped).
+async fn drift_changed(reports: &mut Option<watch::Receiver<crate::drift::Reports>>) -> Option<()> {
+    match reports {
+        Some(reports) => reports.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn drift(
+    reports: &Option<watch::Receiver<crate::drift::Reports>>,
+) -> std::collections::BTreeMap<String, (crate::core::drift::DriftSeverity, String)> {
+    let Some(reports) = reports else { return Default::default() };
+    let reports = reports.borrow().clone();
+    reports
+        .iter()
+        .map(|(camera, report)| {
+            let moved: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| c.drifted)
+                .map(|c| format!("{} {:.1}σ", c.feature, c.shift_sigma))
+                .collect();
+            (camera.clone(), (report.severity, moved.join(", ")))
+        })
+        .collect()
 }
 
 fn degraded(readiness: &Readiness) -> std::collections::BTreeMap<String, String> {

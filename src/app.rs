@@ -39,6 +39,8 @@ pub struct RunningApp {
     pub coaching: crate::coaching::Coaching,
     /// The simulated GPIO chip's wiring side, with `[gpio] backend = "sim"`.
     pub gpio_sim: Option<GpioSimControl>,
+    /// Camera drift monitoring, when `[drift]` is on.
+    pub drift: Option<crate::drift::Drift>,
     /// Number of REST requests being served.
     pub in_flight: watch::Receiver<usize>,
     /// The password of the `admin` user made at this start because there was no user;
@@ -158,6 +160,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         wrench::spawn(&mut supervisor, configured, storage.clone(), bus.events.clone())
     };
 
+    let drift = config.drift.map(|drift_config| {
+        let cameras = config.cameras.keys().cloned().collect();
+        crate::drift::spawn(&mut supervisor, drift_config, cameras, storage.clone())
+    });
     let mqtt_handle = config
         .mqtt
         .clone()
@@ -170,7 +176,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         cameras,
         config.inference.thresholds.clone(),
         metrics.clone(),
-    );
+    )
+    .with_drift(drift.clone());
     if let Some(gpio) = &gpio {
         let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
         let readiness = supervisor.readiness();
@@ -240,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         readiness: supervisor.readiness(),
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
+        drift: drift.as_ref().map(crate::drift::Drift::watch),
     };
     let (alerts_config, alerts_config_rx) = watch::channel(config.alerts.clone());
     crate::alerts::spawn(&mut supervisor, alerts_config_rx, alert_sources);
@@ -269,6 +277,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         pipelines,
         coaching: coaching.clone(),
         models,
+        drift: drift.clone(),
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),
         image_retention: config.image_retention,
@@ -284,6 +293,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         wrenches,
         coaching,
         gpio_sim,
+        drift,
         in_flight: in_flight_rx,
         supervisor,
         shutdown_deadline: config.shutdown_deadline,

@@ -35,6 +35,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// Assembly coaching: which station coaches and its e-stop input.
     pub coaching: CoachingConfig,
+    /// Camera drift monitoring; `None` when `[drift] enabled = false`.
+    pub drift: Option<crate::core::drift::DriftConfig>,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -395,6 +397,43 @@ pub(crate) struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     coaching: RawCoaching,
+    #[serde(default)]
+    drift: RawDrift,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrift {
+    enabled: Option<bool>,
+    reference_frames: Option<usize>,
+    window_frames: Option<usize>,
+    medium_sigma: Option<f64>,
+    high_sigma: Option<f64>,
+}
+
+impl RawDrift {
+    fn validate(self) -> Result<Option<crate::core::drift::DriftConfig>, ConfigError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let reference_frames = self.reference_frames.unwrap_or(50);
+        if !(5..=10_000).contains(&reference_frames) {
+            return Err(ConfigError::invalid("drift.reference_frames", "must be between 5 and 10000"));
+        }
+        let window_frames = self.window_frames.unwrap_or(20);
+        if !(3..=10_000).contains(&window_frames) {
+            return Err(ConfigError::invalid("drift.window_frames", "must be between 3 and 10000"));
+        }
+        let medium_sigma = self.medium_sigma.unwrap_or(3.0);
+        if !(medium_sigma.is_finite() && medium_sigma > 0.0) {
+            return Err(ConfigError::invalid("drift.medium_sigma", "must be a number above 0"));
+        }
+        let high_sigma = self.high_sigma.unwrap_or(6.0);
+        if !(high_sigma.is_finite() && high_sigma > medium_sigma) {
+            return Err(ConfigError::invalid("drift.high_sigma", "must be above drift.medium_sigma"));
+        }
+        Ok(Some(crate::core::drift::DriftConfig { reference_frames, window_frames, medium_sigma, high_sigma }))
+    }
 }
 
 /// Assembly coaching at this station PC.
@@ -1183,6 +1222,7 @@ impl RawConfig {
             auth: self.auth.validate()?,
             alerts: self.alerts.validate()?,
             coaching: self.coaching.validate(&stations, gpio.as_ref())?,
+            drift: self.drift.validate()?,
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1533,6 +1573,7 @@ mod tests {
             "auth",
             "alerts",
             "coaching",
+            "drift",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1553,6 +1594,11 @@ mod tests {
             ("coaching", "station"),
             ("coaching", "estop_input"),
             ("coaching", "inspect_interval_ms"),
+            ("drift", "enabled"),
+            ("drift", "reference_frames"),
+            ("drift", "window_frames"),
+            ("drift", "medium_sigma"),
+            ("drift", "high_sigma"),
             ("inference", "model_dir"),
             ("inference", "threads"),
             ("inference", "pass_threshold"),

@@ -72,6 +72,8 @@ pub struct Inspector {
     cameras: Arc<BTreeMap<String, CameraHandle>>,
     overrides: ThresholdOverrides,
     metrics: Metrics,
+    /// Camera frames go to the drift monitor too (when `[drift]` is on).
+    drift: Option<crate::drift::Drift>,
 }
 
 impl Inspector {
@@ -93,6 +95,7 @@ impl Inspector {
             cameras: Arc::new(cameras),
             overrides,
             metrics,
+            drift: None,
         }
     }
 
@@ -124,6 +127,12 @@ impl Inspector {
         &self.overrides
     }
 
+    /// Sends the camera frames of inspections to the drift monitor.
+    pub fn with_drift(mut self, drift: Option<crate::drift::Drift>) -> Inspector {
+        self.drift = drift;
+        self
+    }
+
     /// The stations that inspect with camera `camera_id`.
     pub fn stations_with_camera(&self, camera_id: &str) -> Vec<String> {
         let stations = self.stations.iter().filter(|(_, s)| s.camera.as_deref() == Some(camera_id));
@@ -147,6 +156,9 @@ impl Inspector {
                 let camera =
                     self.cameras.get(camera_id).ok_or_else(|| CycleError::NoCamera(request.station_id.clone()))?;
                 let frame = camera.capture().await?;
+                if let Some(drift) = &self.drift {
+                    drift.offer(camera_id, frame.image.clone());
+                }
                 self.metrics.stage(&request.station_id, Stage::Capture, request.triggered_at.elapsed());
                 let jpeg = encode_jpeg_off_runtime(frame.image.clone()).await?;
                 (

@@ -14,6 +14,7 @@
 //! - [`north`]: plant-facing interfaces (REST API).
 //! - [`supervisor`]: named services, readiness, phased shutdown.
 //! - [`coaching`]: assembly coaching (the step sequencer's service, unit records).
+//! - [`drift`]: camera drift against a learnt reference (the drift service).
 //! - [`alerts`]: the alert rules' service (observe, evaluate, store, announce).
 //! - [`auth`]: users' roles, passwords and tokens.
 //! - [`app`]: the composition root that wires all of the above.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod core_task;
 pub mod cycle;
+pub mod drift;
 pub mod inference;
 pub mod metrics;
 pub mod models;

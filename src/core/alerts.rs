@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use super::drift::DriftSeverity;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Info,
@@ -42,6 +44,7 @@ pub enum AlertKey {
     DeviceDown { service: String },
     DiskLow,
     OutboxBacklog,
+    Drift { camera: String },
 }
 
 impl AlertKey {
@@ -52,6 +55,7 @@ impl AlertKey {
             AlertKey::DeviceDown { service } => format!("device_down:{service}"),
             AlertKey::DiskLow => "disk_low".to_owned(),
             AlertKey::OutboxBacklog => "outbox_backlog".to_owned(),
+            AlertKey::Drift { camera } => format!("drift:{camera}"),
         }
     }
 
@@ -60,6 +64,7 @@ impl AlertKey {
         match text.split_once(':') {
             Some(("pass_rate", station_id)) => Some(AlertKey::PassRate { station_id: station_id.to_owned() }),
             Some(("device_down", service)) => Some(AlertKey::DeviceDown { service: service.to_owned() }),
+            Some(("drift", camera)) => Some(AlertKey::Drift { camera: camera.to_owned() }),
             None if text == "disk_low" => Some(AlertKey::DiskLow),
             None if text == "outbox_backlog" => Some(AlertKey::OutboxBacklog),
             _ => None,
@@ -106,6 +111,8 @@ pub struct Observation {
     /// Free and total bytes of the state directory's file system; `None` if unknown.
     pub disk: Option<(u64, u64)>,
     pub outbox_backlog: u64,
+    /// Cameras whose frames drifted from their reference (`core::drift`), with what moved.
+    pub drift: BTreeMap<String, (DriftSeverity, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -183,6 +190,16 @@ impl AlertBook {
             holding.insert(AlertKey::OutboxBacklog, (Severity::Warning, "MQTT outbox backlog".to_owned(), message));
         }
 
+        for (camera, (severity, what)) in &seen.drift {
+            let severity = match severity {
+                DriftSeverity::Low => continue,
+                DriftSeverity::Medium => Severity::Warning,
+                DriftSeverity::High => Severity::Error,
+            };
+            let message = format!("Camera {camera}'s frames moved away from its reference: {what}");
+            holding.insert(AlertKey::Drift { camera: camera.clone() }, (severity, "Camera drift".to_owned(), message));
+        }
+
         let mut changes = Vec::new();
         let cleared: Vec<AlertKey> =
             self.active.keys().filter(|k| !holding.contains_key(*k) && !keep.contains(*k)).cloned().collect();
@@ -208,6 +225,7 @@ fn cleared_message(key: &AlertKey) -> String {
         AlertKey::DeviceDown { service } => format!("{service} is ready again"),
         AlertKey::DiskLow => "Disk space is back above its minimum".to_owned(),
         AlertKey::OutboxBacklog => "MQTT outbox backlog is back under its limit".to_owned(),
+        AlertKey::Drift { camera } => format!("Camera {camera}'s frames are back in line with its reference"),
     }
 }
 
@@ -293,12 +311,38 @@ mod tests {
     }
 
     #[test]
+    fn camera_drift_raises_escalates_and_clears() {
+        let mut book = AlertBook::new();
+        let drift = |severity: DriftSeverity| {
+            let mut seen = Observation::default();
+            seen.drift.insert("cam0".into(), (severity, "brightness 4.0σ".into()));
+            seen
+        };
+        check(
+            &mut book,
+            &[
+                drift(DriftSeverity::Low),
+                drift(DriftSeverity::Medium),
+                drift(DriftSeverity::High),
+                drift(DriftSeverity::Medium),
+                drift(DriftSeverity::Low),
+            ],
+            expect![[r#"
+                1: raise drift:cam0 warning "Camera drift": Camera cam0's frames moved away from its reference: brightness 4.0σ
+                2: raise drift:cam0 error "Camera drift": Camera cam0's frames moved away from its reference: brightness 4.0σ
+                4: clear drift:cam0: Camera cam0's frames are back in line with its reference
+            "#]],
+        );
+    }
+
+    #[test]
     fn keys_round_trip() {
         for key in [
             AlertKey::PassRate { station_id: "line-2".into() },
             AlertKey::DeviceDown { service: "camera[cam0]".into() },
             AlertKey::DiskLow,
             AlertKey::OutboxBacklog,
+            AlertKey::Drift { camera: "cam0".into() },
         ] {
             assert_eq!(AlertKey::parse(&key.render()), Some(key));
         }

@@ -11,6 +11,7 @@
 
 mod alerts;
 mod assembly;
+mod drift;
 mod images;
 mod models;
 mod pipelines;

@@ -325,6 +325,14 @@ const MIGRATIONS: &[&str] = &[
         activated_by    TEXT,
         reason          TEXT NOT NULL CHECK (reason IN ('config', 'activate', 'rollback'))
     );",
+    // 9: each camera's drift reference (statistics as JSON arrays, core::drift::FEATURES order).
+    "CREATE TABLE drift_references (
+        camera_id TEXT PRIMARY KEY,
+        frames    INTEGER NOT NULL,
+        means     TEXT NOT NULL,
+        stds      TEXT NOT NULL,
+        set_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

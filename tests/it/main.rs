@@ -8,6 +8,7 @@ mod cameras;
 mod cli;
 mod coaching;
 mod config_api;
+mod drift;
 mod gpio;
 mod modbus;
 mod model;

@@ -8,6 +8,7 @@ pub mod auth;
 mod cameras;
 mod coaching;
 pub mod config;
+mod drift;
 pub(crate) mod dto;
 mod error;
 mod gpio;
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub pipelines: crate::pipelines::Pipelines,
     pub coaching: crate::coaching::Coaching,
     pub models: crate::models::Registry,
+    /// `None` when `[drift] enabled = false`.
+    pub drift: Option<crate::drift::Drift>,
     pub state_dir: std::path::PathBuf,
     pub image_retention: Option<std::time::Duration>,
     /// The core's notifications, for the WebSocket.
@@ -136,6 +139,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/models/{id}", get(models::get).delete(models::delete))
         .route("/models/{id}/activate", post(models::activate))
         .route("/models/{id}/benchmark", post(models::benchmark))
+        .route("/drift", get(drift::list))
+        .route("/drift/{camera}", get(drift::get))
+        .route("/drift/{camera}/reference", post(drift::reset_reference))
         .route("/pipelines", get(pipelines::list).post(pipelines::create))
         .route("/pipelines/{id}", get(pipelines::get).patch(pipelines::patch).delete(pipelines::delete))
         .route("/pipelines/{id}/events", get(pipelines::events))

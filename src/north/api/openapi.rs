@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::error::ErrorBody;
-use super::{alerts, assembly, auth, cameras, coaching, config, gpio, models, pipelines, routes, wrenches, ws};
+use super::{alerts, assembly, auth, cameras, coaching, config, drift, gpio, models, pipelines, routes, wrenches, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -130,6 +130,9 @@ use super::{alerts, assembly, auth, cameras, coaching, config, gpio, models, pip
         models::activate,
         models::rollback,
         models::benchmark,
+        drift::list,
+        drift::get,
+        drift::reset_reference,
         pipelines::list,
         pipelines::create,
         pipelines::get,
