@@ -13,6 +13,7 @@ mod alerts;
 mod assembly;
 mod drift;
 mod images;
+mod learning;
 mod models;
 mod pipelines;
 mod retention;
@@ -38,6 +39,7 @@ pub use assembly::{
     Assembly, AssemblyError, AssemblyFields, NewOperator, Operator, OperatorUpdate, Step, StepAction, StepFields,
     UnitEvent, UnitFilter, UnitRecord, data_type,
 };
+pub use learning::{Annotation, Enqueued, LearningCounts, ReviewItem};
 pub(crate) use models::stage_model;
 pub use models::{ConfigRegistration, ModelActivation, ModelDeleteError, ModelRecord, ModelSource};
 pub use pipelines::{PipelineEvent, PipelineSpec, Sink, SinkKind};
@@ -310,6 +312,9 @@ impl Db {
         let seq = tx.last_insert_rowid();
         if self.outbox {
             insert_outbox(&tx, &new.station_id, "inspection", seq, new.inspected_at)?;
+        }
+        if new.decision == Decision::Uncertain && image.is_some() {
+            learning::enqueue(&tx, seq, "uncertain", new.inspected_at)?;
         }
         {
             let mut stmt = tx.prepare_cached(

@@ -93,7 +93,8 @@ impl Db {
         })
     }
 
-    /// Removes the images of inspections made before `cutoff`; the records stay.
+    /// Removes the images of inspections made before `cutoff`; the records stay. Images in
+    /// the active-learning queue stay until they have been exported.
     pub fn remove_images_before(&mut self, cutoff: DateTime<Utc>) -> Result<Cleanup, StorageError> {
         let mut cleanup = Cleanup::default();
         loop {
@@ -101,7 +102,9 @@ impl Db {
             let batch: Vec<(i64, String, i64)> = {
                 let mut stmt = tx.prepare_cached(
                     "SELECT seq, image_path, COALESCE(image_bytes, 0) FROM inspections
-                     WHERE inspected_at_ms < ?1 AND image_path IS NOT NULL ORDER BY seq LIMIT ?2",
+                     WHERE inspected_at_ms < ?1 AND image_path IS NOT NULL
+                       AND seq NOT IN (SELECT inspection_seq FROM learning_queue WHERE exported_at_ms IS NULL)
+                     ORDER BY seq LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(params![cutoff.timestamp_millis(), BATCH as i64], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))

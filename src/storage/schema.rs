@@ -333,6 +333,23 @@ const MIGRATIONS: &[&str] = &[
         stds      TEXT NOT NULL,
         set_at_ms INTEGER NOT NULL
     );",
+    // 10: the active-learning queue (uncertain results, and any result sent for review)
+    // and the reviewers' annotations.
+    "CREATE TABLE learning_queue (
+        inspection_seq INTEGER PRIMARY KEY REFERENCES inspections (seq) ON DELETE CASCADE,
+        reason         TEXT NOT NULL CHECK (reason IN ('uncertain', 'requested')),
+        queued_at_ms   INTEGER NOT NULL,
+        reviewed_by    TEXT,
+        reviewed_at_ms INTEGER,
+        exported_at_ms INTEGER
+    );
+    CREATE INDEX learning_pending ON learning_queue (queued_at_ms) WHERE reviewed_at_ms IS NULL;
+    CREATE TABLE annotations (
+        inspection_seq INTEGER NOT NULL REFERENCES learning_queue (inspection_seq) ON DELETE CASCADE,
+        class_name     TEXT NOT NULL,
+        x1 REAL, y1 REAL, x2 REAL, y2 REAL
+    );
+    CREATE INDEX annotations_by_item ON annotations (inspection_seq);",
 ];
 
 /// The schema version this build writes.
