@@ -10,6 +10,7 @@ mod coaching;
 mod config_api;
 mod drift;
 mod gpio;
+mod learning;
 mod modbus;
 mod model;
 mod models;

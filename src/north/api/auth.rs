@@ -168,6 +168,14 @@ pub fn required_role(method: &Method, route: &str) -> Option<Role> {
     if route == "/api/v1/config" {
         return Some(Role::Engineer);
     }
+    // A dataset export hands out every labelled image.
+    if route == "/api/v1/learning/export" {
+        return Some(Role::Engineer);
+    }
+    // Operators may flag a doubtful result and label the queue at the HMI.
+    if ["/api/v1/learning/{id}", "/api/v1/learning/{id}/annotations"].contains(&route) {
+        return Some(Role::Operator);
+    }
     // The station's operators build units and log in at the station.
     let operator_station = route.starts_with("/api/v1/coaching")
         || ["/api/v1/operators/rfid", "/api/v1/operators/login", "/api/v1/operators/validate-password"]

@@ -12,6 +12,7 @@ mod drift;
 pub(crate) mod dto;
 mod error;
 mod gpio;
+mod learning;
 mod models;
 pub mod openapi;
 mod pipelines;
@@ -139,6 +140,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/models/{id}", get(models::get).delete(models::delete))
         .route("/models/{id}/activate", post(models::activate))
         .route("/models/{id}/benchmark", post(models::benchmark))
+        .route("/learning/stats", get(learning::stats))
+        .route("/learning/next", get(learning::next))
+        .route("/learning/export", get(learning::export))
+        .route("/learning/{id}", post(learning::enqueue))
+        .route("/learning/{id}/annotations", post(learning::annotate))
         .route("/drift", get(drift::list))
         .route("/drift/{camera}", get(drift::get))
         .route("/drift/{camera}/reference", post(drift::reset_reference))

@@ -11,7 +11,9 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::error::ErrorBody;
-use super::{alerts, assembly, auth, cameras, coaching, config, drift, gpio, models, pipelines, routes, wrenches, ws};
+use super::{
+    alerts, assembly, auth, cameras, coaching, config, drift, gpio, learning, models, pipelines, routes, wrenches, ws,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -130,6 +132,11 @@ use super::{alerts, assembly, auth, cameras, coaching, config, drift, gpio, mode
         models::activate,
         models::rollback,
         models::benchmark,
+        learning::stats,
+        learning::next,
+        learning::export,
+        learning::enqueue,
+        learning::annotate,
         drift::list,
         drift::get,
         drift::reset_reference,
