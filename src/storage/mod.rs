@@ -13,6 +13,7 @@ mod alerts;
 mod assembly;
 mod drift;
 mod images;
+mod jobs;
 mod learning;
 mod models;
 mod pipelines;
@@ -39,6 +40,7 @@ pub use assembly::{
     Assembly, AssemblyError, AssemblyFields, NewOperator, Operator, OperatorUpdate, Step, StepAction, StepFields,
     UnitEvent, UnitFilter, UnitRecord, data_type,
 };
+pub use jobs::{JobProgress, JobRecord, JobStatus};
 pub use learning::{Annotation, Enqueued, LearningCounts, ReviewItem};
 pub(crate) use models::stage_model;
 pub use models::{ConfigRegistration, ModelActivation, ModelDeleteError, ModelRecord, ModelSource};

@@ -350,6 +350,27 @@ const MIGRATIONS: &[&str] = &[
         x1 REAL, y1 REAL, x2 REAL, y2 REAL
     );
     CREATE INDEX annotations_by_item ON annotations (inspection_seq);",
+    // 11: batch jobs: inspections of a folder's images.
+    "CREATE TABLE batch_jobs (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        input_dir      TEXT NOT NULL,
+        file_pattern   TEXT NOT NULL,
+        station_id     TEXT NOT NULL,
+        status         TEXT NOT NULL
+                       CHECK (status IN ('pending', 'queued', 'running', 'completed', 'cancelled', 'failed')),
+        total          INTEGER,
+        processed      INTEGER NOT NULL DEFAULT 0,
+        passed         INTEGER NOT NULL DEFAULT 0,
+        failed         INTEGER NOT NULL DEFAULT 0,
+        uncertain      INTEGER NOT NULL DEFAULT 0,
+        errors         INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT,
+        created_by     TEXT,
+        created_at_ms  INTEGER NOT NULL,
+        started_at_ms  INTEGER,
+        finished_at_ms INTEGER
+    );",
 ];
 
 /// The schema version this build writes.
