@@ -202,6 +202,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             notifications: bus.notifications.clone(),
         },
     );
+    std::fs::create_dir_all(&config.jobs_input_root)
+        .with_context(|| format!("cannot create {}", config.jobs_input_root.display()))?;
+    let jobs = crate::jobs::spawn(&mut supervisor, inspector.clone(), config.jobs_input_root.clone());
     let pipelines = pipelines::spawn(&mut supervisor, inspector.clone(), config.mqtt.is_some());
     let modbus_addr = match &config.modbus {
         Some(modbus) => {
@@ -277,6 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         pipelines,
         coaching: coaching.clone(),
         models,
+        jobs,
         drift: drift.clone(),
         notifications: bus.notifications.clone(),
         state_dir: config.state_dir.clone(),

@@ -37,6 +37,9 @@ pub struct Config {
     pub coaching: CoachingConfig,
     /// Camera drift monitoring; `None` when `[drift] enabled = false`.
     pub drift: Option<crate::core::drift::DriftConfig>,
+    /// The folder batch jobs read images under (`[jobs] input_root`, default
+    /// `<state_dir>/batch`); a job's `input_dir` must lie inside it.
+    pub jobs_input_root: PathBuf,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -399,6 +402,14 @@ pub(crate) struct RawConfig {
     coaching: RawCoaching,
     #[serde(default)]
     drift: RawDrift,
+    #[serde(default)]
+    jobs: RawJobs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    input_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1215,7 +1226,7 @@ impl RawConfig {
 
         Ok(Config {
             source: None,
-            state_dir: self.state_dir,
+            state_dir: self.state_dir.clone(),
             shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
             log_filter: self.log.filter,
             api: ApiConfig { bind, max_upload_bytes: self.api.max_upload_mb as usize * 1024 * 1024 },
@@ -1223,6 +1234,7 @@ impl RawConfig {
             alerts: self.alerts.validate()?,
             coaching: self.coaching.validate(&stations, gpio.as_ref())?,
             drift: self.drift.validate()?,
+            jobs_input_root: self.jobs.input_root.unwrap_or_else(|| self.state_dir.join("batch")),
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1574,6 +1586,7 @@ mod tests {
             "alerts",
             "coaching",
             "drift",
+            "jobs",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1599,6 +1612,7 @@ mod tests {
             ("drift", "window_frames"),
             ("drift", "medium_sigma"),
             ("drift", "high_sigma"),
+            ("jobs", "input_root"),
             ("inference", "model_dir"),
             ("inference", "threads"),
             ("inference", "pass_threshold"),

@@ -32,6 +32,20 @@ pub struct ImageFormat {
 
 pub const JPEG: ImageFormat = ImageFormat { extension: "jpg", content_type: "image/jpeg" };
 
+/// The image formats stationd inspects and stores.
+const ACCEPTED: [(image::ImageFormat, ImageFormat); 5] = [
+    (image::ImageFormat::Jpeg, JPEG),
+    (image::ImageFormat::Png, ImageFormat { extension: "png", content_type: "image/png" }),
+    (image::ImageFormat::Bmp, ImageFormat { extension: "bmp", content_type: "image/bmp" }),
+    (image::ImageFormat::Tiff, ImageFormat { extension: "tiff", content_type: "image/tiff" }),
+    (image::ImageFormat::WebP, ImageFormat { extension: "webp", content_type: "image/webp" }),
+];
+
+/// How an image of `format` is stored, if stationd accepts that format.
+pub fn accepted_format(format: image::ImageFormat) -> Option<ImageFormat> {
+    ACCEPTED.iter().find(|(f, _)| *f == format).map(|(_, accepted)| *accepted)
+}
+
 pub enum CycleImage {
     Upload { bytes: bytes::Bytes, format: ImageFormat },
     Camera,

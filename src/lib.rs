@@ -8,6 +8,7 @@
 //! - [`bus`]: `Event`, `Effect`, `Notification`, `Snapshot` and their channels.
 //! - [`cycle`]: one inspection: image → inference → decision → committed record.
 //! - [`inference`]: tract models on dedicated threads.
+//! - [`jobs`]: batch jobs (a folder's images inspected one by one).
 //! - [`models`]: the model registry (upload, activate with a hot swap, rollback).
 //! - [`storage`]: SQLite and the image store on one thread; the only SQL.
 //! - [`south`]: device adapters (cameras).
@@ -31,6 +32,7 @@ pub mod core_task;
 pub mod cycle;
 pub mod drift;
 pub mod inference;
+pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod north;

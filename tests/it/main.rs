@@ -10,6 +10,7 @@ mod coaching;
 mod config_api;
 mod drift;
 mod gpio;
+mod jobs;
 mod learning;
 mod modbus;
 mod model;

@@ -12,6 +12,7 @@ mod drift;
 pub(crate) mod dto;
 mod error;
 mod gpio;
+mod jobs;
 mod learning;
 mod models;
 pub mod openapi;
@@ -63,6 +64,7 @@ pub struct ApiState {
     pub pipelines: crate::pipelines::Pipelines,
     pub coaching: crate::coaching::Coaching,
     pub models: crate::models::Registry,
+    pub jobs: crate::jobs::Jobs,
     /// `None` when `[drift] enabled = false`.
     pub drift: Option<crate::drift::Drift>,
     pub state_dir: std::path::PathBuf,
@@ -140,6 +142,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/models/{id}", get(models::get).delete(models::delete))
         .route("/models/{id}/activate", post(models::activate))
         .route("/models/{id}/benchmark", post(models::benchmark))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/start", post(jobs::start))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/learning/stats", get(learning::stats))
         .route("/learning/next", get(learning::next))
         .route("/learning/export", get(learning::export))

@@ -12,7 +12,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::error::ErrorBody;
 use super::{
-    alerts, assembly, auth, cameras, coaching, config, drift, gpio, learning, models, pipelines, routes, wrenches, ws,
+    alerts, assembly, auth, cameras, coaching, config, drift, gpio, jobs, learning, models, pipelines, routes,
+    wrenches, ws,
 };
 
 #[derive(OpenApi)]
@@ -132,6 +133,11 @@ use super::{
         models::activate,
         models::rollback,
         models::benchmark,
+        jobs::list,
+        jobs::create,
+        jobs::get,
+        jobs::start,
+        jobs::cancel,
         learning::stats,
         learning::next,
         learning::export,

@@ -180,14 +180,6 @@ fn created(record: crate::storage::InspectionRecord) -> Result<Response, ApiErro
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(InspectionDto::from(&record))).into_response())
 }
 
-const ACCEPTED: [(image::ImageFormat, ImageFormat); 5] = [
-    (image::ImageFormat::Jpeg, ImageFormat { extension: "jpg", content_type: "image/jpeg" }),
-    (image::ImageFormat::Png, ImageFormat { extension: "png", content_type: "image/png" }),
-    (image::ImageFormat::Bmp, ImageFormat { extension: "bmp", content_type: "image/bmp" }),
-    (image::ImageFormat::Tiff, ImageFormat { extension: "tiff", content_type: "image/tiff" }),
-    (image::ImageFormat::WebP, ImageFormat { extension: "webp", content_type: "image/webp" }),
-];
-
 const DECLARED_OK: [&str; 10] = [
     "image/jpeg",
     "image/jpg",
@@ -217,11 +209,9 @@ fn upload_format(declared: Option<&str>, bytes: &[u8]) -> Result<ImageFormat, Ap
         return Err(unsupported(d));
     }
     match image::guess_format(bytes) {
-        Ok(found) => ACCEPTED
-            .iter()
-            .find(|(format, _)| *format == found)
-            .map(|(_, accepted)| *accepted)
-            .ok_or_else(|| unsupported(&format!("{found:?}").to_ascii_lowercase())),
+        Ok(found) => {
+            crate::cycle::accepted_format(found).ok_or_else(|| unsupported(&format!("{found:?}").to_ascii_lowercase()))
+        }
         Err(_) if declared.as_deref().is_some_and(|d| d.starts_with("image/")) => {
             Err(ApiError::unprocessable("the image cannot be decoded: content does not match its type"))
         }
