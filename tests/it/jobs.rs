@@ -63,7 +63,8 @@ async fn a_folder_is_inspected_with_progress_and_jobs_cancel() {
     assert!(job["last_error"].as_str().unwrap().contains("bad.jpg"), "{job}");
     let (_, list) = daemon.get_json("/api/v1/inspections?limit=10").await;
     assert_eq!(list["total"], 3);
-    let parts: Vec<&str> = list["inspections"].as_array().unwrap().iter().filter_map(|i| i["part_id"].as_str()).collect();
+    let parts: Vec<&str> =
+        list["inspections"].as_array().unwrap().iter().filter_map(|i| i["part_id"].as_str()).collect();
     assert!(parts.contains(&"shift_a/01_scratch.jpg"), "{parts:?}");
     let (status, _) = daemon.json(Method::POST, &format!("/api/v1/jobs/{id}/cancel"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a finished job does not cancel");

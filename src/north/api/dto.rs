@@ -37,6 +37,12 @@ pub struct DetectionDto {
     pub area_mm2: Option<f64>,
 }
 
+impl From<&crate::core::decision::Detection> for DetectionDto {
+    fn from(d: &crate::core::decision::Detection) -> DetectionDto {
+        DetectionDto { class_name: d.class_name.clone(), confidence: d.confidence, bbox: d.bbox, area_mm2: None }
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ModelRef {
     pub name: String,
@@ -79,16 +85,7 @@ impl From<&InspectionRecord> for InspectionDto {
             objects_found: r.defects.len(),
             total_time_ms: round2(r.total_ms),
             inference_time_ms: round2(r.inference_ms),
-            detections: r
-                .defects
-                .iter()
-                .map(|d| DetectionDto {
-                    class_name: d.class_name.clone(),
-                    confidence: d.confidence,
-                    bbox: d.bbox,
-                    area_mm2: None,
-                })
-                .collect(),
+            detections: r.defects.iter().map(DetectionDto::from).collect(),
             image_url: r.image.as_ref().map(|_| format!("/api/v1/inspections/{}/image", r.id)),
             source: r.source.clone(),
             model: ModelRef { name: r.model_name.clone(), version: r.model_version.clone() },

@@ -87,16 +87,7 @@ impl From<&ReviewItem> for ReviewItemDto {
             decision: r.decision.as_str(),
             confidence: r.confidence,
             label: r.label.clone(),
-            detections: r
-                .defects
-                .iter()
-                .map(|d| DetectionDto {
-                    class_name: d.class_name.clone(),
-                    confidence: d.confidence,
-                    bbox: d.bbox,
-                    area_mm2: None,
-                })
-                .collect(),
+            detections: r.defects.iter().map(DetectionDto::from).collect(),
             image_url: format!("/api/v1/inspections/{}/image", r.id),
             image_width: r.image_width,
             image_height: r.image_height,
