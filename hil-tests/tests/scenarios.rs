@@ -160,3 +160,34 @@ fn a_unit_is_coached_through_a_qa_step_and_recorded() {
         (Some("completed"), Some(serial.as_str()))
     );
 }
+
+/// The model that serves is in the registry and runs on this PC's CPU (tract's latency on
+/// the rig's own hardware is printed); every camera has a drift report.
+#[test]
+fn the_active_model_benchmarks_on_this_pc_and_cameras_report_drift() {
+    let rig = Rig::from_env();
+    let models = rig.get("/api/v1/models");
+    assert_eq!(models.status, 200);
+    let models = models.json();
+    let active: Vec<&serde_json::Value> = models.as_array().unwrap().iter().filter(|m| m["active"] == true).collect();
+    assert_eq!(active.len(), 1, "exactly one model serves: {models}");
+    let id = active[0]["id"].as_str().unwrap();
+    let bench = rig.request(
+        "POST",
+        &format!("/api/v1/models/{id}/benchmark"),
+        Some("application/json"),
+        br#"{"iterations": 20}"#,
+    );
+    assert_eq!(bench.status, 200, "{}", String::from_utf8_lossy(&bench.body));
+    let bench = bench.json();
+    assert!(bench["p50_ms"].as_f64().unwrap() > 0.0);
+    eprintln!("{} {} with tract on this PC: {bench}", active[0]["name"], active[0]["version"]);
+
+    let drift = rig.get("/api/v1/drift");
+    assert!(drift.status == 200 || drift.status == 503, "drift answers or says it is off");
+    if drift.status == 200 {
+        for camera in drift.json()["cameras"].as_array().unwrap() {
+            assert!(["low", "medium", "high"].contains(&camera["severity"].as_str().unwrap()), "{camera}");
+        }
+    }
+}
