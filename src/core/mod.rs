@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod assembly;
 pub mod decision;
 pub mod drift;
+pub mod expected;
 pub mod monitor;
 pub mod outputs;
 pub mod stats;
