@@ -9,6 +9,7 @@
 //! threads behind a queue ([`InferenceHandle`]), never on the tokio runtime: a slow model
 //! must not delay REST replies, Modbus handshakes or wrench keep-alives.
 
+pub mod detect;
 pub mod spec;
 
 use std::panic::AssertUnwindSafe;
@@ -71,13 +72,14 @@ impl Model {
         let input = self.preprocess(image);
         let outputs = self.plan.run(tvec!(input.into())).map_err(|err| ModelError::Run(format!("{err:#}")))?;
         let first = outputs.first().ok_or_else(|| ModelError::Run("the model produced no output".into()))?;
+        let shape = first.shape().to_vec();
         let values: Vec<f32> = first
             .to_plain_array_view::<f32>()
             .map_err(|err| ModelError::Run(format!("{err:#}")))?
             .iter()
             .copied()
             .collect();
-        self.decode(values)
+        self.decode(values, &shape, image.dimensions())
     }
 
     fn preprocess(&self, image: &RgbImage) -> Tensor {
@@ -100,7 +102,7 @@ impl Model {
         Tensor::from_shape(&[1, 3, height as usize, width as usize], &data).expect("shape matches data length")
     }
 
-    fn decode(&self, values: Vec<f32>) -> Result<ModelOutput, ModelError> {
+    fn decode(&self, values: Vec<f32>, shape: &[usize], image: (u32, u32)) -> Result<ModelOutput, ModelError> {
         match self.spec.task {
             Task::Classification => {
                 let expected = self.spec.labels.len();
@@ -117,7 +119,20 @@ impl Model {
                 [score] => Ok(ModelOutput::Anomaly { score: *score }),
                 _ => Err(ModelError::OutputShape { got: values.len(), expected: 1 }),
             },
-            Task::Detection => Err(ModelError::Run("detection decoding is not supported yet".into())),
+            Task::Detection => {
+                let spec = &self.spec;
+                let scale = (image.0 as f32 / spec.width as f32, image.1 as f32 / spec.height as f32);
+                let detections = detect::decode_yolo(
+                    &values,
+                    shape,
+                    &spec.labels,
+                    spec.detect,
+                    scale,
+                    (image.0 as f32, image.1 as f32),
+                )
+                .map_err(ModelError::Run)?;
+                Ok(ModelOutput::Detection { detections })
+            }
         }
     }
 }

@@ -31,6 +31,8 @@ pub enum OutputKind {
     Logits,
     /// A single anomaly score.
     Score,
+    /// A YOLOv8-style head, `[1, 4 + classes, N]` (decoded and NMS'd in Rust).
+    Yolo,
 }
 
 /// A validated model.toml.
@@ -47,6 +49,10 @@ pub struct ModelSpec {
     pub output_kind: OutputKind,
     pub labels: Vec<String>,
     pub pass_labels: Vec<String>,
+    /// Detection: the classes that are defects (the others are parts, counted but harmless).
+    pub defect_labels: Vec<String>,
+    /// Detection: candidate filtering and NMS.
+    pub detect: super::detect::DecodeSettings,
     pub pass_threshold: f32,
     pub fail_threshold: f32,
     /// Held-out accuracy as measured by the training script, if reported.
@@ -91,6 +97,11 @@ struct RawOutput {
     labels: Vec<String>,
     #[serde(default)]
     pass_labels: Vec<String>,
+    #[serde(default)]
+    defect_labels: Vec<String>,
+    confidence_threshold: Option<f32>,
+    iou_threshold: Option<f32>,
+    max_detections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -115,15 +126,14 @@ impl ModelSpec {
         let task = match raw.task.as_str() {
             "classification" => Task::Classification,
             "anomaly" => Task::Anomaly,
-            // Detection output decoding (YOLO heads + NMS) is not built yet; refuse the
-            // model at load rather than judge parts with it wrongly.
-            "detection" => return Err(SpecError("`task`: detection models are not supported yet".into())),
+            "detection" => Task::Detection,
             other => return Err(SpecError(format!("`task`: unknown task {other:?}"))),
         };
         let output_kind = match (task, raw.output.kind.as_str()) {
             (Task::Classification, "probabilities") => OutputKind::Probabilities,
             (Task::Classification, "logits") => OutputKind::Logits,
             (Task::Anomaly, "score") => OutputKind::Score,
+            (Task::Detection, "yolov8") => OutputKind::Yolo,
             (_, other) => {
                 return Err(SpecError(format!("`output.kind`: {other:?} does not fit task {}", task.as_str())));
             }
@@ -145,6 +155,34 @@ impl ModelSpec {
                 return Err(SpecError("`output.pass_labels`: must name one or more of `output.labels`".into()));
             }
         }
+        if task == Task::Detection {
+            if raw.output.labels.is_empty() {
+                return Err(SpecError("`output.labels`: a detector needs its class names".into()));
+            }
+            if raw.output.defect_labels.iter().any(|l| !raw.output.labels.contains(l)) {
+                return Err(SpecError("`output.defect_labels`: must name classes of `output.labels`".into()));
+            }
+        } else if !raw.output.defect_labels.is_empty()
+            || raw.output.confidence_threshold.is_some()
+            || raw.output.iou_threshold.is_some()
+            || raw.output.max_detections.is_some()
+        {
+            return Err(SpecError(
+                "`output`: defect_labels, confidence_threshold, iou_threshold and max_detections are for detection models"
+                    .into(),
+            ));
+        }
+        let detect = super::detect::DecodeSettings {
+            confidence: raw.output.confidence_threshold.unwrap_or(0.25),
+            iou: raw.output.iou_threshold.unwrap_or(0.45),
+            max_detections: raw.output.max_detections.unwrap_or(100),
+        };
+        if !(0.0..=1.0).contains(&detect.confidence) || !(0.0..=1.0).contains(&detect.iou) {
+            return Err(SpecError("`output`: confidence_threshold and iou_threshold must be within 0..=1".into()));
+        }
+        if !(1..=10_000).contains(&detect.max_detections) {
+            return Err(SpecError("`output.max_detections`: must be within 1..=10000".into()));
+        }
         let heldout_accuracy =
             raw.metrics.as_ref().and_then(|m| m.get("heldout_accuracy")).and_then(toml::Value::as_float);
         let spec = ModelSpec {
@@ -159,6 +197,8 @@ impl ModelSpec {
             output_kind,
             labels: raw.output.labels,
             pass_labels: raw.output.pass_labels,
+            defect_labels: raw.output.defect_labels,
+            detect,
             pass_threshold: raw.thresholds.pass_threshold,
             fail_threshold: raw.thresholds.fail_threshold,
             heldout_accuracy,
@@ -197,7 +237,20 @@ impl ModelSpec {
                 }
                 Ok(DecisionRule::Anomaly { pass_threshold, fail_threshold })
             }
-            Task::Detection => Err(SpecError("detection models are not supported yet".into())),
+            Task::Detection => {
+                // A defect detection at or above fail_threshold fails; one from
+                // pass_threshold up is uncertain; weaker ones do not count.
+                if !(0.0 < pass_threshold && pass_threshold < fail_threshold && fail_threshold <= 1.0) {
+                    return Err(SpecError(format!(
+                        "thresholds: detection needs 0 < pass_threshold ({pass_threshold}) < fail_threshold ({fail_threshold}) <= 1"
+                    )));
+                }
+                Ok(DecisionRule::Detection {
+                    defect_classes: self.defect_labels.clone(),
+                    fail_threshold,
+                    uncertain_threshold: pass_threshold,
+                })
+            }
         }
     }
 }
@@ -226,6 +279,52 @@ mod tests {
         assert_eq!((pass_threshold, fail_threshold), (0.9, 0.2));
         let bad = ThresholdOverrides { pass_threshold: Some(0.1), fail_threshold: None };
         assert!(spec.rule(&bad).is_err());
+    }
+
+    const DETECTOR: &str = r#"
+name = "kit-detector"
+version = "0.1.0"
+task = "detection"
+[input]
+width = 96
+height = 96
+mean = [0.0, 0.0, 0.0]
+std = [1.0, 1.0, 1.0]
+[output]
+kind = "yolov8"
+labels = ["bolt", "nut", "scratch"]
+defect_labels = ["scratch"]
+iou_threshold = 0.5
+[thresholds]
+pass_threshold = 0.3
+fail_threshold = 0.6
+"#;
+
+    #[test]
+    fn detection_specs_give_a_detection_rule() {
+        let spec = ModelSpec::parse(DETECTOR).unwrap();
+        assert_eq!((spec.detect.confidence, spec.detect.iou, spec.detect.max_detections), (0.25, 0.5, 100));
+        let rule = spec.rule(&ThresholdOverrides::default()).unwrap();
+        assert_eq!(
+            rule,
+            DecisionRule::Detection {
+                defect_classes: vec!["scratch".into()],
+                fail_threshold: 0.6,
+                uncertain_threshold: 0.3
+            }
+        );
+        for (text, expected) in [
+            (DETECTOR.replace("defect_labels = [\"scratch\"]", "defect_labels = [\"dent\"]"), "`output.defect_labels`"),
+            (DETECTOR.replace("kind = \"yolov8\"", "kind = \"score\""), "`output.kind`"),
+            (DETECTOR.replace("fail_threshold = 0.6", "fail_threshold = 0.2"), "detection needs 0 < pass_threshold"),
+            (
+                BUNDLED.replace("pass_labels = [\"ok\"]", "pass_labels = [\"ok\"]\nmax_detections = 5"),
+                "are for detection models",
+            ),
+        ] {
+            let err = ModelSpec::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        }
     }
 
     #[test]
