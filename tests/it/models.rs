@@ -30,6 +30,15 @@ fn bundled_as(version: &str, onnx_len: Option<usize>) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// A model folder's two files as a tar.
+fn folder_as_tar(dir: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for name in ["model.toml", "model.onnx"] {
+        builder.append_path_with_name(format!("{dir}/{name}"), name).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
 async fn upload_model(daemon: &Daemon, archive: &[u8]) -> (StatusCode, Value) {
     let (boundary, body) = multipart(archive, "application/x-tar", &[]);
     let content_type = format!("multipart/form-data; boundary={boundary}");
@@ -182,5 +191,44 @@ async fn activation_survives_restart_and_repairs_a_broken_start() {
     daemon.app.wait_ready().await.expect("ready once a model serves");
     let (status, inspection) = daemon.upload(&sample("00_ok.jpg"), "image/jpeg", &[]).await;
     assert_eq!((status, inspection["model"]["version"].as_str()), (StatusCode::CREATED, Some("2.0.0")));
+    assert!(daemon.shutdown().await);
+}
+
+/// The bundled detector goes through the registry and judges trays: debris is a defect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_detector_serves_after_activation() {
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(state.path()).await;
+    let (status, uploaded) = upload_model(&daemon, &folder_as_tar("models/kit-detector")).await;
+    assert_eq!((status, uploaded["task"].as_str()), (StatusCode::CREATED, Some("detection")), "{uploaded}");
+    let id = uploaded["id"].as_str().unwrap();
+    let (status, _) = daemon.json(Method::POST, &format!("/api/v1/models/{id}/activate"), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut files: Vec<_> =
+        std::fs::read_dir("models/kit-detector/heldout").unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (mut judged, mut failed_with_debris) = (0, 0);
+    for file in files.iter().take(20) {
+        let (status, record) = daemon.upload(&std::fs::read(file).unwrap(), "image/jpeg", &[]).await;
+        assert_eq!(status, StatusCode::CREATED, "{record}");
+        assert_eq!(record["model"]["name"], "kit-detector");
+        let detections = record["detections"].as_array().unwrap();
+        // Only defect classes are listed, and a strong one fails the part.
+        assert!(detections.iter().all(|d| d["class_name"] == "debris"), "{record}");
+        let strongest = detections.iter().filter_map(|d| d["confidence"].as_f64()).fold(0.0, f64::max);
+        let expected = if strongest >= 0.6 {
+            "fail"
+        } else if strongest >= 0.35 {
+            "uncertain"
+        } else {
+            "pass"
+        };
+        assert_eq!(record["decision"], expected, "{record}");
+        let has_debris = !file.to_string_lossy().contains("debris0");
+        failed_with_debris += usize::from(has_debris && record["decision"] == "fail");
+        judged += usize::from(has_debris);
+    }
+    assert!(failed_with_debris * 10 >= judged * 8, "{failed_with_debris} of {judged} trays with debris failed");
     assert!(daemon.shutdown().await);
 }
