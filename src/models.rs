@@ -82,49 +82,42 @@ pub struct Registry {
 /// and folder, or why there is none.
 pub async fn resolve_start(storage: &Storage, config_dir: &Path) -> Result<(String, PathBuf), String> {
     let dir = config_dir.to_owned();
-    let record = tokio::task::spawn_blocking(move || describe(&dir, ModelSource::Config, None))
+    let record = tokio::task::spawn_blocking(move || describe(Uuid::new_v4(), &dir, ModelSource::Config, None))
         .await
         .map_err(|err| err.to_string())
         .and_then(|described| described.map_err(|err| err.to_string()));
-    let config_id = match record {
-        Ok(record) => {
-            let registered = storage.call(move |db| db.register_config_model(record)).await;
-            match registered {
-                Ok(ConfigRegistration::New(record)) => {
-                    let id = record.id;
-                    let activated = storage.call(move |db| db.record_activation(id, Utc::now(), None, "config")).await;
-                    activated.map_err(|err| err.to_string())?;
-                    tracing::info!(model = record.name, version = record.version, "new model in the config: activated");
-                    return Ok((id.to_string(), record.dir));
-                }
-                Ok(ConfigRegistration::Known(record)) => Some(record.id),
-                Ok(ConfigRegistration::Clash(known)) => {
-                    tracing::warn!(
-                        model = known.name,
-                        version = known.version,
-                        "inference.model_dir names a model whose name and version an uploaded model has, \
-                         with other contents; the config's model is not registered"
-                    );
-                    None
-                }
-                Err(err) => return Err(err.to_string()),
+    // The config's model, and whether it is new to the registry (then it serves).
+    let config = match record {
+        Ok(record) => match storage.call(move |db| db.register_config_model(record)).await {
+            Ok(ConfigRegistration::New(record)) => Some((record.id, true)),
+            Ok(ConfigRegistration::Known(record)) => Some((record.id, false)),
+            Ok(ConfigRegistration::Clash(known)) => {
+                tracing::warn!(
+                    model = known.name,
+                    version = known.version,
+                    "inference.model_dir names a model whose name and version an uploaded model has, \
+                     with other contents; the config's model is not registered"
+                );
+                None
             }
-        }
+            Err(err) => return Err(err.to_string()),
+        },
         Err(err) => {
             tracing::error!(cause = %err, dir = %config_dir.display(), "the model inference.model_dir names is unusable");
             None
         }
     };
     let active = storage.call(|db| db.active_model()).await.map_err(|err| err.to_string())?;
-    let chosen = match (active, config_id) {
-        (Some(active), _) => active.model_id,
-        (None, Some(id)) => {
+    let chosen = match (config, active) {
+        (Some((id, true)), _) | (Some((id, false)), None) => {
             storage
                 .call(move |db| db.record_activation(id, Utc::now(), None, "config"))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|err| err.to_string())?;
+            tracing::info!(id = %id, "the model inference.model_dir names is activated");
             id
         }
+        (_, Some(active)) => active.model_id,
         (None, None) => {
             return Err(format!("no usable model: {} is unusable and none is registered", config_dir.display()));
         }
@@ -135,7 +128,7 @@ pub async fn resolve_start(storage: &Storage, config_dir: &Path) -> Result<(Stri
 }
 
 /// Reads a model folder's spec and checksum into a registry row (not yet stored).
-fn describe(dir: &Path, source: ModelSource, by: Option<String>) -> Result<ModelRecord, RegistryError> {
+fn describe(id: Uuid, dir: &Path, source: ModelSource, by: Option<String>) -> Result<ModelRecord, RegistryError> {
     let spec = ModelSpec::load(dir).map_err(|err| RegistryError::Invalid(err.to_string()))?;
     let onnx = dir.join("model.onnx");
     let mut file = std::fs::File::open(&onnx)
@@ -145,7 +138,7 @@ fn describe(dir: &Path, source: ModelSource, by: Option<String>) -> Result<Model
         .map_err(|err| RegistryError::Invalid(format!("cannot read {}: {err}", onnx.display())))?;
     let metrics_json = serde_json::to_string(&spec.metrics).unwrap_or_else(|_| "{}".to_owned());
     Ok(ModelRecord {
-        id: Uuid::new_v4(),
+        id,
         name: spec.name,
         version: spec.version,
         task: spec.task.as_str().to_owned(),
@@ -199,8 +192,15 @@ impl Registry {
 
     /// Loads and warms `id` while the current model serves, commits the activation and
     /// swaps. Activating the model that serves is a no-op.
-    pub async fn activate(&self, id: Uuid, by: &str, reason: &'static str) -> Result<ModelActivation, RegistryError> {
+    /// Loads and warms up the registered model `id` on the blocking pool.
+    async fn load(&self, id: Uuid) -> Result<inference::Loaded, RegistryError> {
         let record = self.storage.call(move |db| db.model(id)).await?.ok_or(RegistryError::NotFound)?;
+        inference::load_off_runtime(id.to_string(), record.dir)
+            .await
+            .map_err(|err| RegistryError::Invalid(format!("the model does not load: {err}")))
+    }
+
+    pub async fn activate(&self, id: Uuid, by: &str, reason: &'static str) -> Result<ModelActivation, RegistryError> {
         let swap = self.inference.begin_swap().await;
         if self.inference.model().is_some_and(|m| m.id == id.to_string()) {
             let active = self.storage.call(|db| db.active_model()).await?;
@@ -208,9 +208,7 @@ impl Registry {
                 return Ok(active);
             }
         }
-        let loaded = inference::load_off_runtime(id.to_string(), record.dir.clone())
-            .await
-            .map_err(|err| RegistryError::Invalid(format!("the model does not load: {err}")))?;
+        let loaded = self.load(id).await?;
         loaded.info().spec.rule(&self.overrides).map_err(|err| {
             RegistryError::Invalid(format!("the model does not fit the config's [inference] thresholds: {err}"))
         })?;
@@ -234,10 +232,7 @@ impl Registry {
     /// Loads `id` on the blocking pool and times `iterations` inferences (after three
     /// warm-up runs) on one thread, as the inference threads run them.
     pub async fn benchmark(&self, id: Uuid, iterations: usize) -> Result<Benchmark, RegistryError> {
-        let record = self.storage.call(move |db| db.model(id)).await?.ok_or(RegistryError::NotFound)?;
-        let loaded = inference::load_off_runtime(id.to_string(), record.dir)
-            .await
-            .map_err(|err| RegistryError::Invalid(format!("the model does not load: {err}")))?;
+        let loaded = self.load(id).await?;
         let times = tokio::task::spawn_blocking(move || {
             loaded.time_runs(3)?;
             loaded.time_runs(iterations)
@@ -249,7 +244,8 @@ impl Registry {
     }
 }
 
-fn summarise(mut times: Vec<f64>) -> Benchmark {
+/// Mean, nearest-rank percentiles, min and max of per-run milliseconds (at least one).
+pub fn summarise(mut times: Vec<f64>) -> Benchmark {
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     Benchmark {
@@ -355,12 +351,12 @@ fn stage_upload(archive: &[u8], root: &Path, by: String) -> Result<(PathBuf, Mod
     let id = Uuid::new_v4();
     let staged = crate::storage::stage_model(root, id, &[("model.toml", text.as_bytes()), ("model.onnx", &onnx)])
         .map_err(|err| RegistryError::Storage(err.into()))?;
-    let checked = describe(&staged, ModelSource::Upload, Some(by)).and_then(|record| {
+    let checked = describe(id, &staged, ModelSource::Upload, Some(by)).and_then(|record| {
         // Loading runs a warm-up inference: a graph that loads but cannot run on the
         // input model.toml declares is refused here, not at activation.
         inference::Model::load(&staged)
             .map_err(|err| RegistryError::Invalid(format!("model.onnx does not load in tract: {err}")))?;
-        Ok(ModelRecord { id, ..record })
+        Ok(record)
     });
     if checked.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
