@@ -16,19 +16,11 @@ use hyper_util::rt::TokioExecutor;
 const WARMUP: usize = 20;
 const ITERATIONS: usize = 300;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn report(name: &str, mut samples: Vec<f64>) {
-    samples.sort_by(f64::total_cmp);
-    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+fn report(name: &str, samples: Vec<f64>) {
+    let figures = stationd::models::summarise(samples);
     eprintln!(
-        "{name:<42} n={:<4} mean={mean:>7.2} ms  p50={:>7.2} ms  p99={:>7.2} ms",
-        samples.len(),
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
+        "{name:<42} n={:<4} mean={:>7.2} ms  p50={:>7.2} ms  p99={:>7.2} ms",
+        figures.iterations, figures.mean_ms, figures.p50_ms, figures.p99_ms
     );
 }
 
@@ -488,19 +480,8 @@ fn tract_per_model() -> Vec<(String, Vec<f64>)> {
     let mut figures = Vec::new();
     for folder in folders.into_iter().filter(|f| f.join("model.onnx").exists()) {
         let model = stationd::inference::Model::load(&folder).unwrap();
-        let mut rng = fastrand::Rng::with_seed(7);
-        let (width, height) = (model.spec.width, model.spec.height);
-        let image = image::RgbImage::from_fn(width, height, |_, _| image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
-        for _ in 0..WARMUP {
-            model.run(&image).unwrap();
-        }
-        let samples = (0..ITERATIONS)
-            .map(|_| {
-                let started = Instant::now();
-                model.run(&image).unwrap();
-                started.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect();
+        model.time_runs(WARMUP).unwrap();
+        let samples = model.time_runs(ITERATIONS).unwrap();
         figures.push((folder.file_name().unwrap().to_string_lossy().into_owned(), samples));
     }
     figures

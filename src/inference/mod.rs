@@ -82,6 +82,22 @@ impl Model {
         self.decode(values, &shape, image.dimensions())
     }
 
+    /// Runs the model `iterations` times on a fixed noise image of its input size (so no
+    /// resize); per-run milliseconds. The benchmark route and `cargo bench` time with it.
+    pub fn time_runs(&self, iterations: usize) -> Result<Vec<f64>, ModelError> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let image = RgbImage::from_fn(self.spec.width, self.spec.height, |_, _| {
+            image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+        });
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            self.run(&image)?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(times)
+    }
+
     fn preprocess(&self, image: &RgbImage) -> Tensor {
         let (width, height) = (self.spec.width, self.spec.height);
         let resized;
@@ -280,18 +296,9 @@ impl Loaded {
         &self.0.info
     }
 
-    /// Runs the model `iterations` times on a fixed image; per-run milliseconds.
+    /// See [`Model::time_runs`].
     pub fn time_runs(&self, iterations: usize) -> Result<Vec<f64>, ModelError> {
-        let spec = &self.0.model.spec;
-        let mut rng = fastrand::Rng::with_seed(7);
-        let image = RgbImage::from_fn(spec.width, spec.height, |_, _| image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
-        let mut times = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let started = Instant::now();
-            self.0.model.run(&image)?;
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        Ok(times)
+        self.0.model.time_runs(iterations)
     }
 }
 
