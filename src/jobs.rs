@@ -214,27 +214,15 @@ async fn run(jobs: Jobs, mut commands: mpsc::Receiver<Command>, ctx: ServiceCont
 }
 
 async fn handle(jobs: &Jobs, command: Command, queue: &mut VecDeque<Uuid>, running: Option<(Uuid, CancellationToken)>) {
-    let storage = &jobs.inspector.storage;
-    let now = Utc::now();
     match command {
         Command::Start { id, done } => {
-            let moved = storage
-                .call(move |db| db.set_job_status(id, &[JobStatus::Pending], JobStatus::Queued, None, now))
-                .await;
-            let answer = match moved {
-                Ok(true) => {
-                    queue.push_back(id);
-                    jobs.get(id).await
-                }
-                Ok(false) => match jobs.get(id).await {
-                    Ok(job) => Err(JobError::Conflict(format!(
-                        "the job is {}; only a pending job starts",
-                        job.status.as_str()
-                    ))),
-                    Err(err) => Err(err),
-                },
-                Err(err) => Err(err.into()),
-            };
+            let answer = transition(jobs, id, &[JobStatus::Pending], JobStatus::Queued, |status| {
+                format!("the job is {}; only a pending job starts", status.as_str())
+            })
+            .await;
+            if answer.is_ok() {
+                queue.push_back(id);
+            }
             let _ = done.send(answer);
         }
         Command::Cancel { id, done } => {
@@ -246,22 +234,31 @@ async fn handle(jobs: &Jobs, command: Command, queue: &mut VecDeque<Uuid>, runni
                 }
                 _ => {
                     queue.retain(|queued| *queued != id);
-                    let from = [JobStatus::Pending, JobStatus::Queued];
-                    let moved =
-                        storage.call(move |db| db.set_job_status(id, &from, JobStatus::Cancelled, None, now)).await;
-                    match moved {
-                        Ok(true) => jobs.get(id).await,
-                        Ok(false) => match jobs.get(id).await {
-                            Ok(job) => Err(JobError::Conflict(format!("the job is already {}", job.status.as_str()))),
-                            Err(err) => Err(err),
-                        },
-                        Err(err) => Err(err.into()),
-                    }
+                    let from = &[JobStatus::Pending, JobStatus::Queued];
+                    transition(jobs, id, from, JobStatus::Cancelled, |status| {
+                        format!("the job is already {}", status.as_str())
+                    })
+                    .await
                 }
             };
             let _ = done.send(answer);
         }
     }
+}
+
+/// Moves job `id` from one of `from` to `to` and answers with the job; a job in another
+/// state is a conflict that `refused` describes.
+async fn transition(
+    jobs: &Jobs,
+    id: Uuid,
+    from: &'static [JobStatus],
+    to: JobStatus,
+    refused: impl FnOnce(JobStatus) -> String,
+) -> Result<JobRecord, JobError> {
+    let now = Utc::now();
+    let moved = jobs.inspector.storage.call(move |db| db.set_job_status(id, from, to, None, now)).await?;
+    let job = jobs.get(id).await?;
+    if moved { Ok(job) } else { Err(JobError::Conflict(refused(job.status))) }
 }
 
 /// Runs one job to its end and records the end. Errors of single files are counted, not
