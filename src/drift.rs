@@ -133,7 +133,6 @@ impl Service {
         let Ok(Some(stats)) = stats else { return };
         let now = Utc::now();
         let Some(monitor) = self.monitors.get_mut(&camera) else { return };
-        let before = monitor.report().severity;
         if let Some(reference) = monitor.push(stats, now) {
             tracing::info!(camera, frames = reference.frames, "drift reference learnt");
             let stored = camera.clone();
@@ -141,8 +140,9 @@ impl Service {
                 tracing::warn!(camera, cause = %err, "the drift reference could not be stored; it is learnt again after a restart");
             }
         }
-        let report = monitor.report();
-        if report.severity != before {
+        let reports = render(&self.monitors);
+        let before = self.reports.borrow().get(&camera).map(|r| r.severity);
+        if let Some(report) = reports.get(&camera).filter(|r| Some(r.severity) != before) {
             tracing::warn!(
                 camera,
                 severity = report.severity.as_str(),
@@ -150,6 +150,6 @@ impl Service {
                 "camera drift changed"
             );
         }
-        self.reports.send_replace(render(&self.monitors));
+        self.reports.send_replace(reports);
     }
 }
