@@ -122,9 +122,13 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<DriftList>, ApiE
     security(("bearer" = []))
 )]
 pub async fn get(State(state): State<ApiState>, Path(camera): Path<String>) -> Result<Json<DriftReportDto>, ApiError> {
-    let reports = drift(&state)?.reports();
-    let report = reports.get(&camera).ok_or_else(|| ApiError::not_found(format!("no camera {camera:?}")))?;
-    Ok(Json(DriftReportDto::new(&camera, report)))
+    report(drift(&state)?, &camera)
+}
+
+fn report(service: &crate::drift::Drift, camera: &str) -> Result<Json<DriftReportDto>, ApiError> {
+    let reports = service.reports();
+    let report = reports.get(camera).ok_or_else(|| ApiError::not_found(format!("no camera {camera:?}")))?;
+    Ok(Json(DriftReportDto::new(camera, report)))
 }
 
 /// Forgets the camera's reference: its next frames learn a new one. For a deliberate
@@ -149,7 +153,5 @@ pub async fn reset_reference(
         return Err(ApiError::not_found(format!("no camera {camera:?}")));
     }
     super::auth::audit(&state, &caller, client, "drift_reference_reset", format!("camera {camera}")).await?;
-    let reports = service.reports();
-    let report = reports.get(&camera).ok_or_else(|| ApiError::not_found(format!("no camera {camera:?}")))?;
-    Ok(Json(DriftReportDto::new(&camera, report)))
+    report(service, &camera)
 }

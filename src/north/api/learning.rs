@@ -36,6 +36,12 @@ pub struct LearningStats {
     exported: u64,
 }
 
+impl From<crate::storage::LearningCounts> for LearningStats {
+    fn from(counts: crate::storage::LearningCounts) -> LearningStats {
+        LearningStats { pending: counts.pending, labeled: counts.labeled, exported: counts.exported }
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/learning/stats",
@@ -45,7 +51,7 @@ pub struct LearningStats {
 )]
 pub async fn stats(State(state): State<ApiState>) -> Result<Json<LearningStats>, ApiError> {
     let counts = state.inspector.storage.call(|db| db.learning_counts()).await?;
-    Ok(Json(LearningStats { pending: counts.pending, labeled: counts.labeled, exported: counts.exported }))
+    Ok(Json(counts.into()))
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -236,7 +242,7 @@ pub async fn annotate(
         })
         .await?;
     let counts = stored.ok_or_else(|| ApiError::not_found("the inspection is not in the review queue"))?;
-    Ok(Json(LearningStats { pending: counts.pending, labeled: counts.labeled, exported: counts.exported }))
+    Ok(Json(counts.into()))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
