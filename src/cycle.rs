@@ -136,10 +136,6 @@ impl Inspector {
         model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))
     }
 
-    /// The config's threshold overrides (an activation checks a new model against them).
-    pub fn overrides(&self) -> &ThresholdOverrides {
-        &self.overrides
-    }
 
     /// Sends the camera frames of inspections to the drift monitor.
     pub fn with_drift(mut self, drift: Option<crate::drift::Drift>) -> Inspector {
