@@ -136,7 +136,6 @@ impl Inspector {
         model.spec.rule(&self.overrides).map_err(|err| InferenceError::Model(err.into()))
     }
 
-
     /// Sends the camera frames of inspections to the drift monitor.
     pub fn with_drift(mut self, drift: Option<crate::drift::Drift>) -> Inspector {
         self.drift = drift;
