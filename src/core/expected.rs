@@ -2,8 +2,10 @@
 //! hold, against what a detection model found. Pure.
 //!
 //! Names are compared after normalising case, spaces, `_` and `-`. An expected item is
-//! found under its own name (`exact`) or under one of its aliases (`alias`). Each detected
-//! class is used by one expected item at most; the classes left over are `extra`. An item
+//! found under its own name and under its aliases, and its detected quantity sums them all;
+//! its `match_type` is `exact` when its own name was detected, else `alias`, and
+//! `detected_as` lists the aliases it was found under. Each detected class is used by one
+//! expected item at most; the classes left over are `extra`. An item
 //! found in the wrong number is a `quantity_mismatch`; one not found is `missing`.
 //! `accuracy_score` is the share of the expected quantity found (an item counts with at
 //! most its expected quantity; extras do not lower it), and the order is complete when
@@ -11,11 +13,21 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::decision::{Decision, Verdict};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpectedItem {
     pub name: String,
     pub quantity: u32,
     pub aliases: Vec<String>,
+}
+
+/// What an inspection was asked to find: a recipe's items, or a list given with the trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    /// The recipe the items came from, if any.
+    pub recipe: Option<String>,
+    pub items: Vec<ExpectedItem>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +52,7 @@ pub struct Found {
     pub expected_quantity: u32,
     pub detected_quantity: u32,
     pub match_type: MatchType,
-    /// The detected class it was found as, when that is not its own name.
+    /// The aliases it was detected as (comma-separated), if any.
     pub detected_as: Option<String>,
     /// Mean confidence of its detections.
     pub confidence: f32,
@@ -95,28 +107,26 @@ pub fn check<'a>(expected: &[ExpectedItem], detected: impl IntoIterator<Item = (
     }
     let mut result = ExpectedCheck::default();
     for item in expected {
-        let own = normalise(&item.name);
-        let found = match classes.remove(&own) {
-            Some(class) => Some((MatchType::Exact, class)),
-            None => item
-                .aliases
-                .iter()
-                .find_map(|alias| classes.remove(&normalise(alias)))
-                .map(|class| (MatchType::Alias, class)),
-        };
+        // Detections under the item's own name and under each alias all count towards it.
+        let own = classes.remove(&normalise(&item.name));
+        let aliased: Vec<(String, u32, f32)> =
+            item.aliases.iter().filter_map(|alias| classes.remove(&normalise(alias))).collect();
         result.summary.total_expected_items += 1;
         result.summary.total_expected_quantity += item.quantity;
-        let Some((match_type, (detected_as, count, confidence_sum))) = found else {
+        let count: u32 = own.iter().chain(&aliased).map(|(_, n, _)| n).sum();
+        if count == 0 {
             result.summary.missing_items += 1;
             result.missing.push(Missing { name: item.name.clone(), expected_quantity: item.quantity });
             continue;
-        };
+        }
+        let confidence_sum: f32 = own.iter().chain(&aliased).map(|(_, _, c)| c).sum();
+        let detected_as = aliased.iter().map(|(name, _, _)| name.as_str()).collect::<Vec<_>>().join(", ");
         let found = Found {
             name: item.name.clone(),
             expected_quantity: item.quantity,
             detected_quantity: count,
-            match_type,
-            detected_as: (match_type == MatchType::Alias).then_some(detected_as),
+            match_type: if own.is_some() { MatchType::Exact } else { MatchType::Alias },
+            detected_as: (!detected_as.is_empty()).then_some(detected_as),
             confidence: confidence_sum / count as f32,
         };
         result.summary.matched_quantity += count.min(item.quantity);
@@ -139,6 +149,55 @@ pub fn check<'a>(expected: &[ExpectedItem], detected: impl IntoIterator<Item = (
     };
     summary.order_complete = result.missing.is_empty() && result.quantity_mismatch.is_empty();
     result
+}
+
+/// Most items one list may hold, and most of one item.
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_QUANTITY: u32 = 10_000;
+
+/// Checks a list before it is used: 1..=100 items, names and aliases 1..=100 characters,
+/// quantities 1..=10000, and no name or alias that two items share (after normalising).
+/// The error names the offending item.
+pub fn validate(items: &[ExpectedItem]) -> Result<(), String> {
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(format!("must list 1 to {MAX_ITEMS} items"));
+    }
+    let mut seen = BTreeMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            return Err(format!("item {index} ({:?}): quantity must be between 1 and {MAX_QUANTITY}", item.name));
+        }
+        for name in std::iter::once(&item.name).chain(&item.aliases) {
+            let key = normalise(name);
+            if key.is_empty() || name.chars().count() > 100 {
+                return Err(format!("item {index}: names and aliases must be 1 to 100 characters"));
+            }
+            if let Some(other) = seen.insert(key, index)
+                && other != index
+            {
+                return Err(format!(
+                    "item {index} ({:?}): {name:?} is already item {other}'s name or alias",
+                    item.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verdict once the expected items are checked: an incomplete order fails the part,
+/// labelled with its first problem (`missing:<name>`, else `quantity:<name>`), unless the
+/// model already failed it for a defect. A complete order leaves the verdict as it was.
+pub fn judge(verdict: Verdict, check: &ExpectedCheck) -> Verdict {
+    if check.summary.order_complete || verdict.decision == Decision::Fail {
+        return verdict;
+    }
+    let label = match (check.missing.first(), check.quantity_mismatch.first()) {
+        (Some(missing), _) => format!("missing:{}", missing.name),
+        (None, Some(mismatch)) => format!("quantity:{}", mismatch.name),
+        (None, None) => unreachable!("an incomplete order has a missing or mismatched item"),
+    };
+    Verdict { decision: Decision::Fail, confidence: verdict.confidence, label: Some(label), defects: verdict.defects }
 }
 
 #[cfg(test)]
@@ -218,5 +277,48 @@ mod tests {
             Summary { total_expected_items: 0, total_expected_quantity: 0, matched_items: 0, matched_quantity: 0, missing_items: 0, extra_items: 0, accuracy_score: 1.0, order_complete: true }
         "#]],
         );
+    }
+
+    #[test]
+    fn lists_are_validated() {
+        assert_eq!(validate(&[item("bolt", 4, &["M8 bolt"]), item("nut", 4, &[])]), Ok(()));
+        for (items, error) in [
+            (vec![], "must list 1 to 100 items"),
+            (vec![item("bolt", 0, &[])], "item 0 (\"bolt\"): quantity must be between 1 and 10000"),
+            (vec![item(" ", 1, &[])], "item 0: names and aliases must be 1 to 100 characters"),
+            (
+                vec![item("bolt", 1, &[]), item("nut", 1, &["Bolt"])],
+                "item 1 (\"nut\"): \"Bolt\" is already item 0's name or alias",
+            ),
+        ] {
+            assert_eq!(validate(&items).unwrap_err(), error);
+        }
+    }
+
+    #[test]
+    fn an_incomplete_order_fails_a_part_the_model_passed() {
+        let passed = Verdict { decision: Decision::Pass, confidence: 0.9, label: None, defects: Vec::new() };
+        let items = [item("bolt", 2, &[]), item("nut", 1, &[])];
+        let complete = check(&items, [("bolt", 0.9), ("bolt", 0.9), ("nut", 0.8), ("debris", 0.3)]);
+        assert_eq!(judge(passed.clone(), &complete), passed);
+
+        let short = check(&items, [("bolt", 0.9), ("nut", 0.8)]);
+        let judged = judge(passed.clone(), &short);
+        assert_eq!((judged.decision, judged.label.as_deref()), (Decision::Fail, Some("quantity:bolt")));
+        let missing = check(&items, [("bolt", 0.9)]);
+        assert_eq!(judge(passed, &missing).label.as_deref(), Some("missing:nut"));
+
+        // A defect's failure keeps its own label.
+        let defect =
+            Verdict { decision: Decision::Fail, confidence: 0.8, label: Some("debris".into()), defects: Vec::new() };
+        assert_eq!(judge(defect.clone(), &missing), defect);
+        // An uncertain verdict with a short kit fails: the kit is wrong whatever the defect.
+        let unsure = Verdict {
+            decision: Decision::Uncertain,
+            confidence: 0.5,
+            label: Some("debris".into()),
+            defects: Vec::new(),
+        };
+        assert_eq!(judge(unsure, &missing).decision, Decision::Fail);
     }
 }
