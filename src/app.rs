@@ -177,7 +177,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         config.inference.thresholds.clone(),
         metrics.clone(),
     )
-    .with_drift(drift.clone());
+    .with_drift(drift.clone())
+    .with_recipes(config.recipes.clone());
     if let Some(gpio) = &gpio {
         let maps = config.stations.iter().map(|(id, station)| (id.clone(), station.outputs.clone())).collect();
         let readiness = supervisor.readiness();

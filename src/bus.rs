@@ -31,6 +31,8 @@ pub struct InspectionSummary {
     pub confidence: f32,
     pub label: Option<String>,
     pub objects_found: u32,
+    /// Class and confidence of every detection (an expected-items step checks them).
+    pub detected: Vec<(String, f32)>,
     /// Trigger to decision, milliseconds.
     pub cycle_time_ms: f64,
     pub inference_ms: f64,

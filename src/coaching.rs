@@ -25,7 +25,9 @@ use uuid::Uuid;
 
 use crate::bus::Notification;
 use crate::config::CoachingConfig;
-use crate::core::assembly::{Action, Effect, Input, Message, Outcome, Plan, Session, StartContext, State, StepPlan};
+use crate::core::assembly::{
+    Action, Effect, Input, Message, Outcome, Plan, Prediction, Session, StartContext, State, StepPlan,
+};
 use crate::core::outputs::OutputCommand;
 use crate::cycle::{CycleError, CycleImage, InspectRequest, Inspector};
 use crate::south::gpio::{GpioHandle, InputEdge};
@@ -294,6 +296,7 @@ impl Service {
                         part_id: self.unit.as_ref().map(|u| u.session.context().serial.clone()),
                         image: CycleImage::Camera,
                         triggered_at: Instant::now(),
+                        expected: None,
                     };
                     inspection = Some(Box::pin(async move { inspector.inspect(request).await }));
                 }
@@ -312,12 +315,13 @@ impl Service {
         self.unit.as_ref()?;
         match notification {
             Notification::InspectionCompleted(s) if s.station_id == self.station && s.source == Source::Camera => {
-                Some(Input::Prediction {
+                Some(Input::Prediction(Prediction {
                     inspection_id: s.id,
                     decision: s.decision,
                     label: s.label.clone(),
                     confidence: s.confidence,
-                })
+                    detected: s.detected.clone(),
+                }))
             }
             Notification::TighteningCompleted(t) => Some(Input::Tightening {
                 wrench: t.wrench_id.clone(),

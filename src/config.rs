@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::expected::ExpectedItem;
+
 /// The configuration the daemon runs on when `stationd run` gets no `--config`: a laptop
 /// setup with the simulated camera, the bundled model and state under `./var`.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../etc/stationd.dev.toml");
@@ -45,6 +47,8 @@ pub struct Config {
     pub cameras: BTreeMap<String, CameraConfig>,
     /// Keyed by station id.
     pub stations: BTreeMap<String, StationConfig>,
+    /// Expected-item lists by recipe name (`[recipes.<name>]`).
+    pub recipes: BTreeMap<String, Vec<ExpectedItem>>,
     /// `None` when the Modbus server is disabled.
     pub modbus: Option<ModbusConfig>,
     /// `None` when MQTT publishing is disabled.
@@ -282,6 +286,11 @@ pub struct StationConfig {
     pub modbus_unit: Option<u8>,
     /// The GPIO outputs its results drive.
     pub outputs: crate::core::outputs::OutputMap,
+    /// The recipe every inspection of the station checks (a key of `Config::recipes`),
+    /// unless the trigger names its own.
+    pub recipe: Option<String>,
+    /// Image scale for detection areas (`area_mm2`), millimetres per pixel.
+    pub mm_per_pixel: Option<f64>,
 }
 
 /// A configuration problem, with the key path it concerns.
@@ -404,6 +413,24 @@ pub(crate) struct RawConfig {
     drift: RawDrift,
     #[serde(default)]
     jobs: RawJobs,
+    #[serde(default)]
+    recipes: BTreeMap<String, RawRecipe>,
+}
+
+/// `[recipes.<name>]`: the items a kit or tray must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecipe {
+    items: Vec<RawItem>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawItem {
+    name: String,
+    quantity: u32,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1113,6 +1140,8 @@ struct RawStation {
     uncertain_outputs: Vec<String>,
     busy_output: Option<String>,
     ready_output: Option<String>,
+    recipe: Option<String>,
+    mm_per_pixel: Option<f64>,
 }
 
 impl RawConfig {
@@ -1172,6 +1201,19 @@ impl RawConfig {
             cameras.insert(id, CameraConfig { backend });
         }
 
+        let mut recipes = BTreeMap::new();
+        for (name, raw) in self.recipes {
+            check_id(&format!("recipes.{name}"), &name)?;
+            let items: Vec<ExpectedItem> = raw
+                .items
+                .into_iter()
+                .map(|i| ExpectedItem { name: i.name, quantity: i.quantity, aliases: i.aliases })
+                .collect();
+            crate::core::expected::validate(&items)
+                .map_err(|err| ConfigError::invalid(format!("recipes.{name}.items"), err))?;
+            recipes.insert(name, items);
+        }
+
         if self.stations.is_empty() {
             return Err(ConfigError::invalid("stations", "at least one station must be configured"));
         }
@@ -1187,8 +1229,31 @@ impl RawConfig {
                     format!("no camera {camera:?} under [cameras]"),
                 ));
             }
+            if let Some(recipe) = &raw.recipe
+                && !recipes.contains_key(recipe)
+            {
+                return Err(ConfigError::invalid(
+                    format!("stations.{id}.recipe"),
+                    format!("no recipe {recipe:?} under [recipes]"),
+                ));
+            }
+            if let Some(scale) = raw.mm_per_pixel
+                && !(scale.is_finite() && scale > 0.0 && scale <= 1000.0)
+            {
+                return Err(ConfigError::invalid(
+                    format!("stations.{id}.mm_per_pixel"),
+                    "must be above 0 and at most 1000",
+                ));
+            }
             let outputs = raw.output_map(&id, gpio.as_ref())?;
-            stations.insert(id, StationConfig { camera: raw.camera, modbus_unit: raw.modbus_unit, outputs });
+            let station = StationConfig {
+                camera: raw.camera,
+                modbus_unit: raw.modbus_unit,
+                outputs,
+                recipe: raw.recipe,
+                mm_per_pixel: raw.mm_per_pixel,
+            };
+            stations.insert(id, station);
         }
         if let Some(gpio) = &gpio {
             for (name, input) in &gpio.inputs {
@@ -1245,6 +1310,7 @@ impl RawConfig {
             },
             cameras,
             stations,
+            recipes,
             modbus,
             mqtt,
             opcua,
@@ -1587,6 +1653,7 @@ mod tests {
             "coaching",
             "drift",
             "jobs",
+            "recipes.",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1691,6 +1758,12 @@ mod tests {
             ("wrenches.", "backfill_limit"),
             ("wrenches.", "sim_interval_ms"),
             ("wrenches.", "sim_nok_ratio"),
+            ("stations.", "recipe"),
+            ("stations.", "mm_per_pixel"),
+            ("recipes.", "items"),
+            ("recipes.", "name"),
+            ("recipes.", "quantity"),
+            ("recipes.", "aliases"),
         ];
         let mut documented = std::collections::HashSet::new();
         let mut table = String::new();

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::bus::{Bus, Event, InspectionSummary, Snapshot};
 use crate::config::{StationConfig, ThresholdOverrides};
-use crate::core::decision::{self, ModelOutput};
+use crate::core::decision::{self, Detection, ModelOutput};
+use crate::core::expected::{self, Expectation, ExpectedItem};
 use crate::inference::{ImageInput, InferenceError, InferenceHandle, ModelInfo};
 use crate::metrics::{Metrics, Stage};
 use crate::south::camera::{CameraError, CameraHandle};
@@ -57,6 +58,8 @@ pub struct InspectRequest {
     pub image: CycleImage,
     /// When the trigger arrived; the cycle time is measured from here.
     pub triggered_at: Instant,
+    /// What the image must hold; `None`: the station's recipe, if it has one.
+    pub expected: Option<Expectation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum CycleError {
     Storage(#[from] StorageError),
     #[error("the camera frame could not be encoded: {0}")]
     Encode(String),
+    #[error("expected items need a detection model; model {0:?} is not one")]
+    NotDetection(String),
 }
 
 /// Cheap to clone: handles to the services a cycle uses.
@@ -88,6 +93,7 @@ pub struct Inspector {
     metrics: Metrics,
     /// Camera frames go to the drift monitor too (when `[drift]` is on).
     drift: Option<crate::drift::Drift>,
+    recipes: Arc<BTreeMap<String, Vec<ExpectedItem>>>,
 }
 
 impl Inspector {
@@ -110,6 +116,7 @@ impl Inspector {
             overrides,
             metrics,
             drift: None,
+            recipes: Arc::default(),
         }
     }
 
@@ -140,6 +147,28 @@ impl Inspector {
     pub fn with_drift(mut self, drift: Option<crate::drift::Drift>) -> Inspector {
         self.drift = drift;
         self
+    }
+
+    /// The recipes triggers may name, and stations check by default.
+    pub fn with_recipes(mut self, recipes: BTreeMap<String, Vec<ExpectedItem>>) -> Inspector {
+        self.recipes = Arc::new(recipes);
+        self
+    }
+
+    pub fn recipes(&self) -> &BTreeMap<String, Vec<ExpectedItem>> {
+        &self.recipes
+    }
+
+    /// Recipe `name` as an expectation, if there is one.
+    pub fn recipe(&self, name: &str) -> Option<Expectation> {
+        let items = self.recipes.get(name)?;
+        Some(Expectation { recipe: Some(name.to_owned()), items: items.clone() })
+    }
+
+    /// The stations that check recipe `name` by default.
+    pub fn stations_with_recipe(&self, name: &str) -> Vec<String> {
+        let stations = self.stations.iter().filter(|(_, s)| s.recipe.as_deref() == Some(name));
+        stations.map(|(id, _)| id.clone()).collect()
     }
 
     /// The stations that inspect with camera `camera_id`.
@@ -178,11 +207,28 @@ impl Inspector {
             }
         };
 
+        let expected = request.expected.or_else(|| self.recipe(station.recipe.as_deref()?));
+
         let inferred = self.inference.infer(input).await?;
         self.metrics.stage(&request.station_id, Stage::Inference, request.triggered_at.elapsed());
         let model = inferred.model.clone();
         let rule = self.rule_for(&model)?;
-        let verdict = decision::decide(&rule, &inferred.output);
+        let mut verdict = decision::decide(&rule, &inferred.output);
+        // The detections the rule did not count as defects are the parts found.
+        let parts: Vec<Detection> = match &inferred.output {
+            ModelOutput::Detection { detections } => {
+                detections.iter().filter(|d| !verdict.defects.contains(d)).cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(expected) = &expected {
+            let ModelOutput::Detection { detections } = &inferred.output else {
+                return Err(CycleError::NotDetection(format!("{} {}", model.spec.name, model.spec.version)));
+            };
+            let check =
+                expected::check(&expected.items, detections.iter().map(|d| (d.class_name.as_str(), d.confidence)));
+            verdict = expected::judge(verdict, &check);
+        }
         let scores = match &inferred.output {
             ModelOutput::Classification { probabilities } => {
                 model.spec.labels.iter().cloned().zip(probabilities.iter().copied()).collect()
@@ -200,6 +246,9 @@ impl Inspector {
             label: verdict.label,
             scores,
             defects: verdict.defects,
+            parts,
+            expected,
+            mm_per_pixel: station.mm_per_pixel,
             model_name: model.spec.name.clone(),
             model_version: model.spec.version.clone(),
             inference_ms: inferred.inference_ms,
@@ -223,7 +272,8 @@ impl Inspector {
             decision: record.decision,
             confidence: record.confidence,
             label: record.label.clone(),
-            objects_found: record.defects.len() as u32,
+            objects_found: record.detections().count() as u32,
+            detected: record.detections().map(|d| (d.class_name.clone(), d.confidence)).collect(),
             cycle_time_ms: record.total_ms,
             inference_ms: record.inference_ms,
             inspected_at: record.inspected_at,

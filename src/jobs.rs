@@ -347,6 +347,7 @@ async fn inspect_file(inspector: &Inspector, station_id: &str, file: &Path, part
         part_id: Some(part.to_owned()),
         image: CycleImage::Upload { bytes: bytes.into(), format },
         triggered_at: Instant::now(),
+        expected: None,
     };
     inspector.inspect(request).await.map(|record| record.decision).map_err(|err| err.to_string())
 }

@@ -196,6 +196,7 @@ impl StationIo {
                 part_id: None,
                 image: CycleImage::Camera,
                 triggered_at: edge.at,
+                expected: None,
             };
             match inspector.inspect(request).await {
                 Ok(record) => {

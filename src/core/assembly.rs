@@ -21,6 +21,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use super::decision::Decision;
+use super::expected::{self, ExpectedItem};
 
 /// One revision of an assembly's work instruction, as coached.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +59,17 @@ pub enum Action {
     Qa { prompt: String },
 }
 
+/// A stored inspection of the station's camera, as a vision step sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub inspection_id: Uuid,
+    pub decision: Decision,
+    pub label: Option<String>,
+    pub confidence: f32,
+    /// Class and confidence of each detection.
+    pub detected: Vec<(String, f32)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionCheck {
     /// The label the model must give; `None`: the station's decision must be pass.
@@ -67,6 +79,9 @@ pub struct VisionCheck {
     pub continuous: bool,
     /// QA_DWELL: keep inspecting for at most this long, then the step fails.
     pub dwell: Option<TimeDelta>,
+    /// The items the image must hold (empty: none). With items, a prediction matches when
+    /// the station's decision is pass and every item is found in its quantity.
+    pub expected_items: Vec<ExpectedItem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,12 +122,7 @@ pub struct StartContext {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A stored inspection of the station's camera.
-    Prediction {
-        inspection_id: Uuid,
-        decision: Decision,
-        label: Option<String>,
-        confidence: f32,
-    },
+    Prediction(Prediction),
     /// A requested inspection could not be made (camera, model).
     InspectionFailed {
         reason: String,
@@ -383,7 +393,7 @@ impl Session {
         let mut effects = Vec::new();
         if let State::Finished(outcome) = self.state {
             return match input {
-                Input::Prediction { .. }
+                Input::Prediction(_)
                 | Input::InspectionFailed { .. }
                 | Input::Tightening { .. }
                 | Input::Level { .. }
@@ -395,7 +405,7 @@ impl Session {
         }
         let paused = self.state == State::Paused;
         match input {
-            Input::Prediction { .. } | Input::InspectionFailed { .. } if paused => {}
+            Input::Prediction(_) | Input::InspectionFailed { .. } if paused => {}
             Input::Tightening { seq, ok, .. } if paused => {
                 let note = Some("while coaching was paused".to_owned());
                 let step = self.step;
@@ -408,8 +418,8 @@ impl Session {
                     note,
                 }));
             }
-            Input::Prediction { inspection_id, decision, label, confidence } => {
-                self.on_prediction(inspection_id, decision, label, confidence, now, &mut effects);
+            Input::Prediction(prediction) => {
+                self.on_prediction(prediction, now, &mut effects);
             }
             Input::InspectionFailed { reason } => {
                 effects.push(self.notice(format!("inspection failed: {reason}")));
@@ -632,15 +642,8 @@ impl Session {
         self.state = State::Finished(outcome);
     }
 
-    fn on_prediction(
-        &mut self,
-        inspection_id: Uuid,
-        decision: Decision,
-        label: Option<String>,
-        confidence: f32,
-        now: DateTime<Utc>,
-        effects: &mut Vec<Effect>,
-    ) {
+    fn on_prediction(&mut self, prediction: Prediction, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let Prediction { inspection_id, decision, label, confidence, detected } = prediction;
         let step = &self.plan.steps[self.step];
         let mut waiting = false;
         let mut matched = false;
@@ -654,6 +657,11 @@ impl Session {
                 Some(expected) => label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(expected)),
                 None => decision == Decision::Pass,
             };
+            let items_ok = check.expected_items.is_empty()
+                || expected::check(&check.expected_items, detected.iter().map(|(name, c)| (name.as_str(), *c)))
+                    .summary
+                    .order_complete;
+            let class_ok = class_ok && items_ok;
             if !matched && class_ok && confidence >= step.minimum_predict {
                 *passed = true;
                 matched = true;

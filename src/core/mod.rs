@@ -130,6 +130,7 @@ mod tests {
             confidence: 0.9,
             label: None,
             objects_found: 0,
+            detected: Vec::new(),
             cycle_time_ms: 12.0,
             inference_ms: 5.0,
             inspected_at: t(at),

@@ -5,6 +5,7 @@
 //! transaction that finishes it.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use uuid::Uuid;
 
@@ -323,7 +324,7 @@ fn read_step(row: &Row<'_>) -> rusqlite::Result<Step> {
 }
 
 const ACTION_COLUMNS: &str = "id, step_id, name, data_type, expected_class, continuous, dwell_s, wrench_id, pset,
-    count, target, tolerance, nok_policy, max_nok, line, level, prompt";
+    count, target, tolerance, nok_policy, max_nok, line, level, prompt, expected_items";
 
 fn read_action(row: &Row<'_>) -> rusqlite::Result<StepAction> {
     let data_type: String = row.get(3)?;
@@ -333,6 +334,12 @@ fn read_action(row: &Row<'_>) -> rusqlite::Result<StepAction> {
             expected_class: row.get(4)?,
             continuous: row.get(5)?,
             dwell: if data_type == "QA_DWELL" { delta(row.get(6)?) } else { None },
+            expected_items: match row.get::<_, Option<String>>(17)? {
+                Some(json) => super::decode_expected(&json).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(17, Type::Text, "expected_items are not a list".into())
+                })?,
+                None => Vec::new(),
+            },
         }),
         "TORQUE" | "TORQUE_ONLY" => Action::Torque(TorqueCheck {
             wrench: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
@@ -376,7 +383,7 @@ fn write_action(
     name: &str,
     action: &Action,
 ) -> rusqlite::Result<i64> {
-    let (mut expected, mut continuous, mut dwell) = (None, false, None);
+    let (mut expected, mut continuous, mut dwell, mut items) = (None, false, None, None);
     let (mut wrench, mut pset, mut count, mut target, mut tolerance) = (None, None, None, None, None);
     let (mut nok, mut max_nok, mut line, mut level, mut prompt) = (None, None, None, None, None::<String>);
     match action {
@@ -384,6 +391,7 @@ fn write_action(
             expected = check.expected_class.clone();
             continuous = check.continuous;
             dwell = check.dwell.map(seconds);
+            items = (!check.expected_items.is_empty()).then(|| super::encode_expected(&check.expected_items));
         }
         Action::Torque(check) => {
             wrench = Some(check.wrench.clone());
@@ -403,7 +411,7 @@ fn write_action(
         Action::Qa { prompt: p } => prompt = Some(p.clone()),
     }
     let kind = data_type(action);
-    let values: [&dyn rusqlite::ToSql; 16] = [
+    let values: [&dyn rusqlite::ToSql; 17] = [
         &step_id,
         &kind,
         &name,
@@ -420,6 +428,7 @@ fn write_action(
         &line,
         &level,
         &prompt,
+        &items,
     ];
     match id {
         Some(id) => {
@@ -428,8 +437,8 @@ fn write_action(
             tx.execute(
                 "UPDATE step_actions SET data_type = ?2, name = ?3, expected_class = ?4, continuous = ?5,
                      dwell_s = ?6, wrench_id = ?7, pset = ?8, count = ?9, target = ?10, tolerance = ?11,
-                     nok_policy = ?12, max_nok = ?13, line = ?14, level = ?15, prompt = ?16
-                 WHERE step_id = ?1 AND id = ?17",
+                     nok_policy = ?12, max_nok = ?13, line = ?14, level = ?15, prompt = ?16, expected_items = ?17
+                 WHERE step_id = ?1 AND id = ?18",
                 with_id.as_slice(),
             )?;
             Ok(id)
@@ -437,9 +446,10 @@ fn write_action(
         None => {
             tx.execute(
                 "INSERT INTO step_actions (step_id, position, data_type, name, expected_class, continuous, dwell_s,
-                     wrench_id, pset, count, target, tolerance, nok_policy, max_nok, line, level, prompt)
+                     wrench_id, pset, count, target, tolerance, nok_policy, max_nok, line, level, prompt,
+                     expected_items)
                  VALUES (?1, (SELECT COALESCE(MAX(position), -1) + 1 FROM step_actions WHERE step_id = ?1),
-                     ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 values.as_slice(),
             )?;
             Ok(tx.last_insert_rowid())
@@ -690,9 +700,10 @@ impl Db {
             let new_step = tx.last_insert_rowid();
             tx.execute(
                 "INSERT INTO step_actions (step_id, position, data_type, name, expected_class, continuous, dwell_s,
-                     wrench_id, pset, count, target, tolerance, nok_policy, max_nok, line, level, prompt)
+                     wrench_id, pset, count, target, tolerance, nok_policy, max_nok, line, level, prompt,
+                     expected_items)
                  SELECT ?2, position, data_type, name, expected_class, continuous, dwell_s, wrench_id, pset, count,
-                     target, tolerance, nok_policy, max_nok, line, level, prompt
+                     target, tolerance, nok_policy, max_nok, line, level, prompt, expected_items
                  FROM step_actions WHERE step_id = ?1",
                 params![old_step, new_step],
             )?;

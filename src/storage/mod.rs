@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::core::StationHistory;
 use crate::core::decision::{Decision, Detection};
+use crate::core::expected::{self, Expectation, ExpectedCheck, ExpectedItem};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
 pub use alerts::{AlertFilter, AlertRecord};
@@ -97,7 +98,13 @@ pub struct NewInspection {
     pub label: Option<String>,
     /// Per-label scores of a classifier, in label order.
     pub scores: Vec<(String, f32)>,
+    /// Detections the rule counted as defects.
     pub defects: Vec<Detection>,
+    /// The other detections: the parts found.
+    pub parts: Vec<Detection>,
+    pub expected: Option<Expectation>,
+    /// The station's image scale, for areas.
+    pub mm_per_pixel: Option<f64>,
     pub model_name: String,
     pub model_version: String,
     pub inference_ms: f64,
@@ -129,7 +136,12 @@ pub struct InspectionRecord {
     pub confidence: f32,
     pub label: Option<String>,
     pub scores: Vec<(String, f32)>,
+    /// Detections the rule counted as defects.
     pub defects: Vec<Detection>,
+    /// The other detections: the parts found.
+    pub parts: Vec<Detection>,
+    pub expected: Option<Expectation>,
+    pub mm_per_pixel: Option<f64>,
     pub model_name: String,
     pub model_version: String,
     pub inference_ms: f64,
@@ -138,6 +150,20 @@ pub struct InspectionRecord {
     pub image_width: u32,
     pub image_height: u32,
     pub inspected_at: DateTime<Utc>,
+}
+
+impl InspectionRecord {
+    /// Everything the model found: the defects, then the parts.
+    pub fn detections(&self) -> impl Iterator<Item = &Detection> {
+        self.defects.iter().chain(&self.parts)
+    }
+
+    /// The expected items against what was found, if the inspection was asked to find some.
+    /// Computed from the stored detections, so it is the check the decision was made with.
+    pub fn expected_check(&self) -> Option<ExpectedCheck> {
+        let expected = self.expected.as_ref()?;
+        Some(expected::check(&expected.items, self.detections().map(|d| (d.class_name.as_str(), d.confidence))))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -287,8 +313,9 @@ impl Db {
         tx.execute(
             "INSERT INTO inspections (id, station_id, part_id, source, decision, confidence, label, scores,
                 objects_found, model_name, model_version, inference_ms, total_ms, image_path, image_bytes,
-                image_type, image_width, image_height, inspected_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                image_type, image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                ?22)",
             params![
                 new.id.to_string(),
                 new.station_id,
@@ -298,7 +325,7 @@ impl Db {
                 new.confidence,
                 new.label,
                 encode_scores(&new.scores),
-                new.defects.len() as i64,
+                (new.defects.len() + new.parts.len()) as i64,
                 new.model_name,
                 new.model_version,
                 new.inference_ms,
@@ -309,6 +336,9 @@ impl Db {
                 new.image_width,
                 new.image_height,
                 new.inspected_at.timestamp_millis(),
+                new.expected.as_ref().and_then(|e| e.recipe.clone()),
+                new.expected.as_ref().map(|e| encode_expected(&e.items)),
+                new.mm_per_pixel,
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -320,11 +350,13 @@ impl Db {
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO defects (inspection_seq, class_name, confidence, x1, y1, x2, y2)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO detections (inspection_seq, class_name, confidence, x1, y1, x2, y2, defect)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for d in &new.defects {
-                stmt.execute(params![seq, d.class_name, d.confidence, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]])?;
+            let flagged = new.defects.iter().map(|d| (d, true)).chain(new.parts.iter().map(|d| (d, false)));
+            for (d, defect) in flagged {
+                let [x1, y1, x2, y2] = d.bbox;
+                stmt.execute(params![seq, d.class_name, d.confidence, x1, y1, x2, y2, defect])?;
             }
         }
         tx.commit()?;
@@ -339,6 +371,9 @@ impl Db {
             label: new.label,
             scores: new.scores,
             defects: new.defects,
+            parts: new.parts,
+            expected: new.expected,
+            mm_per_pixel: new.mm_per_pixel,
             model_name: new.model_name,
             model_version: new.model_version,
             inference_ms: new.inference_ms,
@@ -355,7 +390,7 @@ impl Db {
         self.record_where("id = ?1", id.to_string())
     }
 
-    /// The one record matching `condition` (one `?1` parameter), with its defects.
+    /// The one record matching `condition` (one `?1` parameter), with its detections.
     fn record_where(
         &self,
         condition: &str,
@@ -363,7 +398,7 @@ impl Db {
     ) -> Result<Option<InspectionRecord>, StorageError> {
         let sql = format!("SELECT {RECORD_COLUMNS} FROM inspections WHERE {condition}");
         let record = self.conn.prepare_cached(&sql)?.query_row([param], read_record).optional()?;
-        record.map(|r| self.with_defects(r)).transpose()
+        record.map(|r| self.with_detections(r)).transpose()
     }
 
     /// Newest first. Returns the page and the number of matching records.
@@ -410,22 +445,26 @@ impl Db {
     ) -> Result<Vec<InspectionRecord>, StorageError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let records = stmt.query_map(params_from_iter(values), read_record)?.collect::<Result<Vec<_>, _>>()?;
-        records.into_iter().map(|r| self.with_defects(r)).collect()
+        records.into_iter().map(|r| self.with_detections(r)).collect()
     }
 
-    fn with_defects(&self, mut record: InspectionRecord) -> Result<InspectionRecord, StorageError> {
+    fn with_detections(&self, mut record: InspectionRecord) -> Result<InspectionRecord, StorageError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT class_name, confidence, x1, y1, x2, y2 FROM defects WHERE inspection_seq = ?1 ORDER BY rowid",
+            "SELECT class_name, confidence, x1, y1, x2, y2, defect FROM detections WHERE inspection_seq = ?1
+             ORDER BY rowid",
         )?;
-        record.defects = stmt
-            .query_map([record.seq], |row| {
-                Ok(Detection {
-                    class_name: row.get(0)?,
-                    confidence: row.get(1)?,
-                    bbox: [row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?],
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows = stmt.query_map([record.seq], |row| {
+            let detection = Detection {
+                class_name: row.get(0)?,
+                confidence: row.get(1)?,
+                bbox: [row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?],
+            };
+            Ok((detection, row.get::<_, bool>(6)?))
+        })?;
+        for row in rows {
+            let (detection, defect) = row?;
+            if defect { record.defects.push(detection) } else { record.parts.push(detection) }
+        }
         Ok(record)
     }
 
@@ -466,11 +505,11 @@ impl Db {
         let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
         let sql = format!(
             "SELECT class, COUNT(*) FROM (
-                 SELECT d.class_name AS class FROM defects d JOIN inspections i ON i.seq = d.inspection_seq
-                 WHERE i.seq IN (SELECT seq FROM inspections {clause} {joiner} decision = 'fail')
+                 SELECT d.class_name AS class FROM detections d JOIN inspections i ON i.seq = d.inspection_seq
+                 WHERE d.defect = 1 AND i.seq IN (SELECT seq FROM inspections {clause} {joiner} decision = 'fail')
                  UNION ALL
-                 SELECT label AS class FROM inspections {clause} {joiner} decision = 'fail'
-                     AND objects_found = 0 AND label IS NOT NULL
+                 SELECT label AS class FROM inspections {clause} {joiner} decision = 'fail' AND label IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM detections d WHERE d.inspection_seq = inspections.seq AND d.defect = 1)
              ) GROUP BY class ORDER BY class"
         );
         let doubled: Vec<rusqlite::types::Value> = values.iter().chain(values.iter()).cloned().collect();
@@ -563,6 +602,7 @@ impl Db {
                 confidence: last.confidence,
                 label: last.label,
                 objects_found: 0,
+                detected: Vec::new(),
                 cycle_time_ms: last.total_ms,
                 inference_ms: last.inference_ms,
                 inspected_at: last.inspected_at,
@@ -668,7 +708,7 @@ fn insert_outbox(
 
 const RECORD_COLUMNS: &str = "seq, id, station_id, part_id, source, decision, confidence, label, scores,
     model_name, model_version, inference_ms, total_ms, image_path, image_bytes, image_type,
-    image_width, image_height, inspected_at_ms";
+    image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel";
 
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
     let bad = |index: usize, what: &str| {
@@ -687,6 +727,13 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
         None => None,
     };
     let at: i64 = row.get(18)?;
+    let expected = match row.get::<_, Option<String>>(20)? {
+        Some(json) => Some(Expectation {
+            recipe: row.get(19)?,
+            items: decode_expected(&json).ok_or_else(|| bad(20, "expected_items are not a JSON list of items"))?,
+        }),
+        None => None,
+    };
     Ok(InspectionRecord {
         seq: row.get(0)?,
         id: Uuid::parse_str(&id).map_err(|_| bad(1, "id is not a UUID"))?,
@@ -698,6 +745,9 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
         label: row.get(7)?,
         scores: decode_scores(&scores).ok_or_else(|| bad(8, "scores are not label=value pairs"))?,
         defects: Vec::new(),
+        parts: Vec::new(),
+        expected,
+        mm_per_pixel: row.get(21)?,
         model_name: row.get(9)?,
         model_version: row.get(10)?,
         inference_ms: row.get(11)?,
@@ -707,6 +757,29 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
         image_height: row.get(17)?,
         inspected_at: DateTime::from_timestamp_millis(at).ok_or_else(|| bad(18, "timestamp out of range"))?,
     })
+}
+
+/// Expected items as stored: a JSON list of `{name, quantity, aliases}`.
+pub(crate) fn encode_expected(items: &[ExpectedItem]) -> String {
+    let list: Vec<serde_json::Value> = items
+        .iter()
+        .map(|i| serde_json::json!({"name": i.name, "quantity": i.quantity, "aliases": i.aliases}))
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+pub(crate) fn decode_expected(json: &str) -> Option<Vec<ExpectedItem>> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    list.iter()
+        .map(|item| {
+            let aliases = item.get("aliases")?.as_array()?.iter().map(|a| a.as_str().map(str::to_owned));
+            Some(ExpectedItem {
+                name: item.get("name")?.as_str()?.to_owned(),
+                quantity: u32::try_from(item.get("quantity")?.as_u64()?).ok()?,
+                aliases: aliases.collect::<Option<_>>()?,
+            })
+        })
+        .collect()
 }
 
 /// Scores are stored as `label=value` lines: labels come from model.toml and never
@@ -844,6 +917,9 @@ pub(crate) mod tests {
             label: Some(if decision == Decision::Fail { "scratch" } else { "ok" }.into()),
             scores: vec![("ok".into(), 0.9), ("scratch".into(), 0.1)],
             defects: Vec::new(),
+            parts: Vec::new(),
+            expected: None,
+            mm_per_pixel: None,
             model_name: "m".into(),
             model_version: "1".into(),
             inference_ms: 2.0,
@@ -914,6 +990,47 @@ pub(crate) mod tests {
         let trend = db.trends(&filter, TrendInterval::Hour, t(3)).unwrap();
         let rendered: Vec<_> = trend.iter().map(|b| (b.total, b.passed, b.failed)).collect();
         assert_eq!(rendered, [(0, 0, 0), (2, 1, 1), (0, 0, 0), (2, 1, 0), (0, 0, 0)]);
+    }
+
+    #[test]
+    fn parts_and_expected_items_round_trip_and_only_defects_count_as_defects() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), false).unwrap();
+        let found = |name: &str, confidence: f32| Detection {
+            class_name: name.into(),
+            confidence,
+            bbox: [1.0, 2.0, 11.0, 7.0],
+        };
+        let mut kit = new_inspection("a", Decision::Fail, t(0));
+        kit.label = Some("missing:washer".into());
+        kit.defects = vec![found("debris", 0.4)];
+        kit.parts = vec![found("bolt", 0.9), found("bolt", 0.8), found("nut", 0.7)];
+        let items = vec![
+            ExpectedItem { name: "bolt".into(), quantity: 2, aliases: vec!["M8 bolt".into()] },
+            ExpectedItem { name: "washer".into(), quantity: 1, aliases: Vec::new() },
+        ];
+        kit.expected = Some(Expectation { recipe: Some("kit-a".into()), items: items.clone() });
+        kit.mm_per_pixel = Some(0.5);
+        let stored = db.insert_inspection(kit).unwrap();
+        let read = db.get(stored.id).unwrap().unwrap();
+        assert_eq!(read, stored);
+        assert_eq!(read.detections().count(), 4);
+        assert_eq!(read.expected.as_ref().map(|e| e.items.clone()), Some(items));
+        let check = read.expected_check().unwrap();
+        let missing: Vec<&str> = check.missing.iter().map(|m| m.name.as_str()).collect();
+        let extra: Vec<&str> = check.extra.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!((check.summary.matched_items, missing, extra), (1, vec!["washer"], vec!["debris", "nut"]));
+
+        // A failed kit with a defect row counts the defect, not the parts or its label.
+        let stats = db.statistics(&ListFilter::default()).unwrap();
+        assert_eq!(stats.defect_breakdown, [("debris".to_owned(), 1)].into());
+        // Without a defect row, the label counts.
+        let mut short = new_inspection("a", Decision::Fail, t(0));
+        short.label = Some("missing:washer".into());
+        short.parts = vec![found("bolt", 0.9)];
+        db.insert_inspection(short).unwrap();
+        let stats = db.statistics(&ListFilter::default()).unwrap();
+        assert_eq!(stats.defect_breakdown, [("debris".to_owned(), 1), ("missing:washer".to_owned(), 1)].into());
     }
 
     #[test]

@@ -371,6 +371,16 @@ const MIGRATIONS: &[&str] = &[
         started_at_ms  INTEGER,
         finished_at_ms INTEGER
     );",
+    // 12: expected items. Detections keep every object a detection model found, with a flag
+    // for those the rule counted as defects (the rows so far were all defects); an
+    // inspection keeps what it was asked to find and the image scale for areas; a vision
+    // step may expect items.
+    "ALTER TABLE defects RENAME TO detections;
+    ALTER TABLE detections ADD COLUMN defect INTEGER NOT NULL DEFAULT 1 CHECK (defect IN (0, 1));
+    ALTER TABLE inspections ADD COLUMN recipe TEXT;
+    ALTER TABLE inspections ADD COLUMN expected_items TEXT;
+    ALTER TABLE inspections ADD COLUMN mm_per_pixel REAL;
+    ALTER TABLE step_actions ADD COLUMN expected_items TEXT;",
 ];
 
 /// The schema version this build writes.

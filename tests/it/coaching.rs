@@ -330,8 +330,16 @@ async fn work_instructions_refuse_bad_input_and_keep_the_step_order_rules() {
         (json!({"data_type": "ocr-capture"}), "ocr-capture is not supported yet"),
         (json!({"data_type": "ml", "count": 3}), "count does not apply to data_type ml"),
         (
-            json!({"data_type": "ml", "expected_items": [{"name": "bolt", "quantity": 2}]}),
-            "expected_items needs a detection model",
+            json!({"data_type": "ml", "expected_items": [{"name": "bolt", "quantity": 0}]}),
+            "expected_items: item 0 (\"bolt\"): quantity must be between 1 and 10000",
+        ),
+        (
+            json!({"data_type": "ml", "expected_class": "ok", "expected_items": [{"name": "bolt", "quantity": 2}]}),
+            "give expected_class or expected_items, not both",
+        ),
+        (
+            json!({"data_type": "qa", "expected_items": [{"name": "bolt", "quantity": 2}]}),
+            "expected_items does not apply to data_type qa",
         ),
         (json!({"data_type": "torque-only", "count": 2}), "a torque-only step has no vision check"),
         (json!({"data_type": "torque", "count": 0}), "count must be between 1 and 99"),

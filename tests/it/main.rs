@@ -9,6 +9,7 @@ mod cli;
 mod coaching;
 mod config_api;
 mod drift;
+mod expected;
 mod gpio;
 mod jobs;
 mod learning;

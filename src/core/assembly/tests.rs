@@ -16,7 +16,12 @@ fn step(name: &str, actions: Vec<Action>) -> StepPlan {
 }
 
 fn vision(expected: Option<&str>, continuous: bool) -> Action {
-    Action::Vision(VisionCheck { expected_class: expected.map(Into::into), continuous, dwell: None })
+    Action::Vision(VisionCheck {
+        expected_class: expected.map(Into::into),
+        continuous,
+        dwell: None,
+        expected_items: Vec::new(),
+    })
 }
 
 fn torque(count: u32, nok: NokPolicy) -> Action {
@@ -41,7 +46,13 @@ fn context(release_control: bool) -> StartContext {
 
 fn prediction(n: u128, label: &str, confidence: f32) -> Input {
     let decision = if label == "ok" { Decision::Pass } else { Decision::Fail };
-    Input::Prediction { inspection_id: Uuid::from_u128(n), decision, label: Some(label.into()), confidence }
+    Input::Prediction(Prediction {
+        inspection_id: Uuid::from_u128(n),
+        decision,
+        label: Some(label.into()),
+        confidence,
+        detected: Vec::new(),
+    })
 }
 
 fn tightening(seq: i64, ok: bool, torque: f64) -> Input {
@@ -101,13 +112,13 @@ fn vision_torque_with_rework_and_input_build_one_unit() {
               Started { serial: "SN-1", operator: "Ada Lovelace", steps: 3 }
               StepAdvance { step: 0, name: "place housing" }
               -> Inspect
-            @2 Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Fail, label: Some("defect"), confidence: 0.9 }
+            @2 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Fail, label: Some("defect"), confidence: 0.9, detected: [] })
               Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000001, label: Some("defect"), confidence: 0.9, matched: false }
               -> Inspect
-            @3 Prediction { inspection_id: 00000000-0000-0000-0000-000000000002, decision: Pass, label: Some("ok"), confidence: 0.5 }
+            @3 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000002, decision: Pass, label: Some("ok"), confidence: 0.5, detected: [] })
               Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000002, label: Some("ok"), confidence: 0.5, matched: false }
               -> Inspect
-            @4 Prediction { inspection_id: 00000000-0000-0000-0000-000000000003, decision: Pass, label: Some("ok"), confidence: 0.95 }
+            @4 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000003, decision: Pass, label: Some("ok"), confidence: 0.95, detected: [] })
               Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000003, label: Some("ok"), confidence: 0.95, matched: true }
               StepComplete { step: 0, active: TimeDelta { secs: 4, nanos: 0 }, over_benchmark: false }
               StepAdvance { step: 1, name: "tighten 4 screws" }
@@ -281,8 +292,12 @@ fn an_estop_aborts_safely_and_resets_the_outputs_the_session_set() {
 
 #[test]
 fn qa_dwell_fails_when_no_prediction_matches_in_time_and_qa_rejection_fails() {
-    let dwell =
-        Action::Vision(VisionCheck { expected_class: None, continuous: false, dwell: Some(TimeDelta::seconds(5)) });
+    let dwell = Action::Vision(VisionCheck {
+        expected_class: None,
+        continuous: false,
+        dwell: Some(TimeDelta::seconds(5)),
+        expected_items: Vec::new(),
+    });
     let plan1 = plan(vec![step("inspect", vec![dwell])]);
     let script = vec![(1, prediction(1, "defect", 0.99)), (4, Input::Tick), (5, Input::Tick)];
     check(
@@ -290,18 +305,18 @@ fn qa_dwell_fails_when_no_prediction_matches_in_time_and_qa_rejection_fails() {
         true,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
-          StepAdvance { step: 0, name: "inspect" }
-          -> Inspect
-        @1 Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Fail, label: Some("defect"), confidence: 0.99 }
-          Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000001, label: Some("defect"), confidence: 0.99, matched: false }
-          -> Inspect
-        @4 Tick
-        @5 Tick
-          StepInterrupt { step: 0, active: TimeDelta { secs: 5, nanos: 0 }, reason: "QA dwell at step 0 ended without a matching prediction" }
-          AssemblyComplete { outcome: Failed, reason: Some("QA dwell at step 0 ended without a matching prediction"), active: TimeDelta { secs: 5, nanos: 0 } }
-        state: Finished(Failed)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
+              StepAdvance { step: 0, name: "inspect" }
+              -> Inspect
+            @1 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Fail, label: Some("defect"), confidence: 0.99, detected: [] })
+              Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000001, label: Some("defect"), confidence: 0.99, matched: false }
+              -> Inspect
+            @4 Tick
+            @5 Tick
+              StepInterrupt { step: 0, active: TimeDelta { secs: 5, nanos: 0 }, reason: "QA dwell at step 0 ended without a matching prediction" }
+              AssemblyComplete { outcome: Failed, reason: Some("QA dwell at step 0 ended without a matching prediction"), active: TimeDelta { secs: 5, nanos: 0 } }
+            state: Finished(Failed)
+        "#]],
     );
 
     let plan2 = plan(vec![step("confirm", vec![Action::Qa { prompt: "label straight?".into() }])]);
@@ -311,15 +326,15 @@ fn qa_dwell_fails_when_no_prediction_matches_in_time_and_qa_rejection_fails() {
         true,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
-          StepAdvance { step: 0, name: "confirm" }
-        @1 Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Pass, label: Some("ok"), confidence: 0.99 }
-        @2 Qa { passed: false, by: "Ada" }
-          Qa { step: 0, passed: false, by: "Ada" }
-          StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "QA rejected by Ada at step 0" }
-          AssemblyComplete { outcome: Failed, reason: Some("QA rejected by Ada at step 0"), active: TimeDelta { secs: 2, nanos: 0 } }
-        state: Finished(Failed)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
+              StepAdvance { step: 0, name: "confirm" }
+            @1 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Pass, label: Some("ok"), confidence: 0.99, detected: [] })
+            @2 Qa { passed: false, by: "Ada" }
+              Qa { step: 0, passed: false, by: "Ada" }
+              StepInterrupt { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, reason: "QA rejected by Ada at step 0" }
+              AssemblyComplete { outcome: Failed, reason: Some("QA rejected by Ada at step 0"), active: TimeDelta { secs: 2, nanos: 0 } }
+            state: Finished(Failed)
+        "#]],
     );
 }
 
@@ -346,30 +361,30 @@ fn operator_commands_set_step_confirm_instruction_and_complete_early() {
         true,
         script,
         expect![[r#"
-          Started { serial: "SN-1", operator: "Ada Lovelace", steps: 3 }
-          StepAdvance { step: 0, name: "read the card" }
-        @1 SetStep { index: 3 }
-          refused: step index 3 is out of range: the assembly has 3 steps
-        @2 Qa { passed: true, by: "Ada" }
-          Qa { step: 0, passed: true, by: "Ada" }
-          StepComplete { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, over_benchmark: false }
-          StepAdvance { step: 1, name: "look" }
-        @3 Qa { passed: true, by: "Ada" }
-          refused: step 1 is not waiting for a QA answer
-        @4 SetStep { index: 2 }
-          StepInterrupt { step: 1, active: TimeDelta { secs: 2, nanos: 0 }, reason: "moved to step 2" }
-          StepAdvance { step: 2, name: "last" }
-        @5 Prediction { inspection_id: 00000000-0000-0000-0000-000000000009, decision: Pass, label: Some("ok"), confidence: 0.99 }
-        @6 Resume
-          refused: coaching is not paused
-        @7 Complete
-          StepInterrupt { step: 2, active: TimeDelta { secs: 3, nanos: 0 }, reason: "completed by the operator at step 3 of 3" }
-          AssemblyComplete { outcome: Incomplete, reason: Some("completed by the operator at step 3 of 3"), active: TimeDelta { secs: 7, nanos: 0 } }
-        @8 Complete
-          refused: the unit is already incomplete
-        @9 Tick
-        state: Finished(Incomplete)
-    "#]],
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 3 }
+              StepAdvance { step: 0, name: "read the card" }
+            @1 SetStep { index: 3 }
+              refused: step index 3 is out of range: the assembly has 3 steps
+            @2 Qa { passed: true, by: "Ada" }
+              Qa { step: 0, passed: true, by: "Ada" }
+              StepComplete { step: 0, active: TimeDelta { secs: 2, nanos: 0 }, over_benchmark: false }
+              StepAdvance { step: 1, name: "look" }
+            @3 Qa { passed: true, by: "Ada" }
+              refused: step 1 is not waiting for a QA answer
+            @4 SetStep { index: 2 }
+              StepInterrupt { step: 1, active: TimeDelta { secs: 2, nanos: 0 }, reason: "moved to step 2" }
+              StepAdvance { step: 2, name: "last" }
+            @5 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000009, decision: Pass, label: Some("ok"), confidence: 0.99, detected: [] })
+            @6 Resume
+              refused: coaching is not paused
+            @7 Complete
+              StepInterrupt { step: 2, active: TimeDelta { secs: 3, nanos: 0 }, reason: "completed by the operator at step 3 of 3" }
+              AssemblyComplete { outcome: Incomplete, reason: Some("completed by the operator at step 3 of 3"), active: TimeDelta { secs: 7, nanos: 0 } }
+            @8 Complete
+              refused: the unit is already incomplete
+            @9 Tick
+            state: Finished(Incomplete)
+        "#]],
     );
 }
 
@@ -424,5 +439,53 @@ fn an_input_met_during_a_pause_completes_the_step_on_resume() {
           AssemblyComplete { outcome: Completed, reason: None, active: TimeDelta { secs: 1, nanos: 0 } }
         state: Finished(Completed)
     "#]],
+    );
+}
+
+#[test]
+fn an_expected_items_step_waits_for_a_complete_kit() {
+    let items = vec![
+        ExpectedItem { name: "bolt".into(), quantity: 2, aliases: vec!["M8 bolt".into()] },
+        ExpectedItem { name: "nut".into(), quantity: 1, aliases: Vec::new() },
+    ];
+    let kit =
+        Action::Vision(VisionCheck { expected_class: None, continuous: true, dwell: None, expected_items: items });
+    let seen = |n: u128, decision: Decision, detected: &[(&str, f32)]| {
+        Input::Prediction(Prediction {
+            inspection_id: Uuid::from_u128(n),
+            decision,
+            label: None,
+            confidence: 0.9,
+            detected: detected.iter().map(|(name, c)| ((*name).to_owned(), *c)).collect(),
+        })
+    };
+    let script = vec![
+        // One bolt short.
+        (1, seen(1, Decision::Pass, &[("bolt", 0.9), ("nut", 0.8)])),
+        // Complete, but the station failed it (debris).
+        (2, seen(2, Decision::Fail, &[("bolt", 0.9), ("M8_bolt", 0.9), ("nut", 0.8), ("debris", 0.9)])),
+        // Complete and passed; a bolt found under its alias.
+        (3, seen(3, Decision::Pass, &[("bolt", 0.9), ("m8 bolt", 0.9), ("nut", 0.8)])),
+    ];
+    check(
+        plan(vec![step("pick the kit", vec![kit])]),
+        false,
+        script,
+        expect![[r#"
+              Started { serial: "SN-1", operator: "Ada Lovelace", steps: 1 }
+              StepAdvance { step: 0, name: "pick the kit" }
+              -> Inspect
+            @1 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000001, decision: Pass, label: None, confidence: 0.9, detected: [("bolt", 0.9), ("nut", 0.8)] })
+              Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000001, label: None, confidence: 0.9, matched: false }
+              -> Inspect
+            @2 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000002, decision: Fail, label: None, confidence: 0.9, detected: [("bolt", 0.9), ("M8_bolt", 0.9), ("nut", 0.8), ("debris", 0.9)] })
+              Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000002, label: None, confidence: 0.9, matched: false }
+              -> Inspect
+            @3 Prediction(Prediction { inspection_id: 00000000-0000-0000-0000-000000000003, decision: Pass, label: None, confidence: 0.9, detected: [("bolt", 0.9), ("m8 bolt", 0.9), ("nut", 0.8)] })
+              Prediction { step: 0, inspection_id: 00000000-0000-0000-0000-000000000003, label: None, confidence: 0.9, matched: true }
+              StepComplete { step: 0, active: TimeDelta { secs: 3, nanos: 0 }, over_benchmark: false }
+              AssemblyComplete { outcome: Completed, reason: None, active: TimeDelta { secs: 3, nanos: 0 } }
+            state: Finished(Completed)
+        "#]],
     );
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::ApiState;
-use super::dto::rfc3339;
+use super::dto::{ItemDto, rfc3339};
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
 use super::error::{ErrorBody, Guarded, Invalid, NotFound};
@@ -111,6 +111,8 @@ pub struct StepDataDto {
     level: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_items: Option<Vec<ItemDto>>,
 }
 
 impl From<&StepAction> for StepDataDto {
@@ -133,10 +135,12 @@ impl From<&StepAction> for StepDataDto {
             line: None,
             level: None,
             prompt: None,
+            expected_items: None,
         };
         match &a.action {
             Action::Vision(check) => {
                 dto.expected_class = check.expected_class.clone();
+                dto.expected_items = (!check.expected_items.is_empty()).then(|| ItemDto::list(&check.expected_items));
                 dto.mode = Some(if check.continuous || check.dwell.is_some() { "continuous" } else { "trigger" });
                 dto.dwell_s = check.dwell.map(|d| d.num_milliseconds() as f64 / 1000.0);
             }
@@ -661,22 +665,22 @@ pub struct StepDataRequest {
     level: Option<bool>,
     /// qa: what the operator confirms.
     prompt: Option<String>,
-    /// Expected items (detection) are not supported yet.
-    expected_items: Option<serde_json::Value>,
+    /// ml, qa-dwell: the items the image must hold (a detection model); the step matches
+    /// when every item is found in its quantity and the station's decision is pass.
+    expected_items: Option<Vec<super::routes::ItemRequest>>,
 }
 
 impl StepDataRequest {
     fn action(self, state: &ApiState) -> Result<(String, Action), ApiError> {
         let kind = self.data_type.to_ascii_lowercase().replace('_', "-");
         let name = text("name", self.name, 200)?.unwrap_or_default();
-        if self.expected_items.is_some() {
-            return Err(ApiError::unprocessable(
-                "expected_items needs a detection model, which stationd cannot run yet; use expected_class",
-            ));
+        if self.expected_items.is_some() && self.expected_class.is_some() {
+            return Err(ApiError::unprocessable("give expected_class or expected_items, not both"));
         }
         // Fields another data type uses are refused rather than silently dropped.
         let set = [
             ("expected_class", self.expected_class.is_some(), &["ml", "qa-dwell"][..]),
+            ("expected_items", self.expected_items.is_some(), &["ml", "qa-dwell"]),
             ("mode", self.mode.is_some(), &["ml"]),
             ("dwell_s", self.dwell_s.is_some(), &["qa-dwell"]),
             ("wrench_id", self.wrench_id.is_some(), &["torque", "torque-only"]),
@@ -727,10 +731,15 @@ impl StepDataRequest {
                 } else {
                     None
                 };
+                let expected_items = match self.expected_items {
+                    Some(list) => super::routes::expected_items("expected_items", list)?,
+                    None => Vec::new(),
+                };
                 Action::Vision(VisionCheck {
                     expected_class: text("expected_class", self.expected_class, 200)?,
                     continuous,
                     dwell,
+                    expected_items,
                 })
             }
             "torque" | "torque-only" => {
@@ -831,7 +840,7 @@ pub async fn list_step_data(
 
 /// Adds an action to the end of a step of a draft revision.
 #[utoipa::path(post, path = "/api/v1/steps/{step_id}/data", tag = "assemblies", params(("step_id" = i64, Path)), request_body = StepDataRequest,
-    responses((status = 201, description = "created", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), Guarded, NotFound),
+    responses((status = 201, description = "created", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR)", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn create_step_data(
     State(state): State<ApiState>,
@@ -852,7 +861,7 @@ pub async fn create_step_data(
 
 /// Replaces an action of a step of a draft revision.
 #[utoipa::path(put, path = "/api/v1/steps/{step_id}/data/{data_id}", tag = "assemblies", params(("step_id" = i64, Path), ("data_id" = i64, Path)), request_body = StepDataRequest,
-    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR, expected items)", body = ErrorBody), Guarded, NotFound),
+    responses((status = 200, description = "done", body = IdDto), (status = 409, description = "the revision is published (frozen)", body = ErrorBody), (status = 422, description = "invalid input, or not supported yet (OCR)", body = ErrorBody), Guarded, NotFound),
     security(("bearer" = [])))]
 pub async fn update_step_data(
     State(state): State<ApiState>,

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::bus::StationSnapshot;
+use crate::core::decision::Detection;
+use crate::core::expected::{ExpectedItem, Found};
 use crate::storage::{InspectionRecord, Statistics, TrendBucket, TrendInterval, UnitEvent, UnitRecord};
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -32,14 +34,170 @@ pub struct ServiceStateDto {
 pub struct DetectionDto {
     pub class_name: String,
     pub confidence: f32,
+    /// `[x1, y1, x2, y2]` in image pixels.
     pub bbox: [f32; 4],
-    /// Needs a mm-per-pixel scale in the config; null until one is set.
+    /// The box's area; null unless the station has `mm_per_pixel`.
     pub area_mm2: Option<f64>,
+    /// Counted as a defect by the decision rule (the others are the parts found).
+    pub defect: bool,
 }
 
-impl From<&crate::core::decision::Detection> for DetectionDto {
-    fn from(d: &crate::core::decision::Detection) -> DetectionDto {
-        DetectionDto { class_name: d.class_name.clone(), confidence: d.confidence, bbox: d.bbox, area_mm2: None }
+impl DetectionDto {
+    pub fn new(d: &Detection, defect: bool, mm_per_pixel: Option<f64>) -> DetectionDto {
+        let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+        let area_mm2 = mm_per_pixel.map(|scale| {
+            let area = (x2 - x1).max(0.0) * (y2 - y1).max(0.0) * scale * scale;
+            (area * 100.0).round() / 100.0
+        });
+        DetectionDto { class_name: d.class_name.clone(), confidence: d.confidence, bbox: d.bbox, area_mm2, defect }
+    }
+
+    /// A record's detections: its defects, then its parts.
+    pub fn all(r: &InspectionRecord) -> Vec<DetectionDto> {
+        let defects = r.defects.iter().map(|d| DetectionDto::new(d, true, r.mm_per_pixel));
+        defects.chain(r.parts.iter().map(|d| DetectionDto::new(d, false, r.mm_per_pixel))).collect()
+    }
+}
+
+/// An expected item found (the order-accuracy seed's `matched` and `quantity_mismatch`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FoundItemDto {
+    pub name: String,
+    pub expected_quantity: u32,
+    pub detected_quantity: u32,
+    /// "exact" or "alias".
+    pub match_type: &'static str,
+    pub confidence: f32,
+    /// The detected class, when found under an alias.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_as: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MissingItemDto {
+    pub name: String,
+    pub expected_quantity: u32,
+    pub detected_quantity: u32,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExtraItemDto {
+    pub name: String,
+    pub detected_quantity: u32,
+    /// Always "not_in_order".
+    pub reason: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ValidationDto {
+    pub matched: Vec<FoundItemDto>,
+    pub missing: Vec<MissingItemDto>,
+    pub extra: Vec<ExtraItemDto>,
+    pub quantity_mismatch: Vec<FoundItemDto>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ValidationSummaryDto {
+    pub total_expected_items: u32,
+    pub total_expected_quantity: u32,
+    pub matched_items: u32,
+    pub matched_quantity: u32,
+    pub missing_items: u32,
+    pub extra_items: u32,
+    /// Share of the expected quantity found, 0..=1.
+    pub accuracy_score: f64,
+    /// Nothing missing and no quantity wrong.
+    pub order_complete: bool,
+}
+
+/// The expected-items check of an inspection, in the order-accuracy seed's results shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExpectedItemsDto {
+    /// The recipe the items came from; null for a list given with the trigger.
+    pub recipe: Option<String>,
+    pub items: Vec<ItemDto>,
+    pub validation: ValidationDto,
+    pub summary: ValidationSummaryDto,
+}
+
+/// One expected item: `{name, quantity, aliases}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ItemDto {
+    pub name: String,
+    pub quantity: u32,
+    pub aliases: Vec<String>,
+}
+
+impl ItemDto {
+    pub fn list(items: &[ExpectedItem]) -> Vec<ItemDto> {
+        let item =
+            |i: &ExpectedItem| ItemDto { name: i.name.clone(), quantity: i.quantity, aliases: i.aliases.clone() };
+        items.iter().map(item).collect()
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecipeDto {
+    pub name: String,
+    pub items: Vec<ItemDto>,
+    /// Stations that check this recipe when a trigger names none.
+    pub stations: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecipeList {
+    pub recipes: Vec<RecipeDto>,
+}
+
+impl ExpectedItemsDto {
+    fn of(r: &InspectionRecord) -> Option<ExpectedItemsDto> {
+        let expected = r.expected.as_ref()?;
+        let check = r.expected_check()?;
+        let found = |f: &Found| FoundItemDto {
+            name: f.name.clone(),
+            expected_quantity: f.expected_quantity,
+            detected_quantity: f.detected_quantity,
+            match_type: f.match_type.as_str(),
+            confidence: (f.confidence * 1000.0).round() / 1000.0,
+            detected_as: f.detected_as.clone(),
+        };
+        let s = &check.summary;
+        Some(ExpectedItemsDto {
+            recipe: expected.recipe.clone(),
+            items: ItemDto::list(&expected.items),
+            validation: ValidationDto {
+                matched: check.matched.iter().map(found).collect(),
+                missing: check
+                    .missing
+                    .iter()
+                    .map(|m| MissingItemDto {
+                        name: m.name.clone(),
+                        expected_quantity: m.expected_quantity,
+                        detected_quantity: 0,
+                    })
+                    .collect(),
+                extra: check
+                    .extra
+                    .iter()
+                    .map(|e| ExtraItemDto {
+                        name: e.name.clone(),
+                        detected_quantity: e.detected_quantity,
+                        reason: "not_in_order",
+                    })
+                    .collect(),
+                quantity_mismatch: check.quantity_mismatch.iter().map(found).collect(),
+            },
+            summary: ValidationSummaryDto {
+                total_expected_items: s.total_expected_items,
+                total_expected_quantity: s.total_expected_quantity,
+                matched_items: s.matched_items,
+                matched_quantity: s.matched_quantity,
+                missing_items: s.missing_items,
+                extra_items: s.extra_items,
+                accuracy_score: s.accuracy_score,
+                order_complete: s.order_complete,
+            },
+        })
     }
 }
 
@@ -61,10 +219,13 @@ pub struct InspectionDto {
     pub label: Option<String>,
     /// Per-label scores of a classifier.
     pub scores: BTreeMap<String, f32>,
+    /// Everything a detection model found (defects and parts).
     pub objects_found: usize,
     pub total_time_ms: f64,
     pub inference_time_ms: f64,
     pub detections: Vec<DetectionDto>,
+    /// The expected-items check, when the inspection had a recipe or a list.
+    pub expected_items: Option<ExpectedItemsDto>,
     pub image_url: Option<String>,
     pub source: String,
     pub model: ModelRef,
@@ -82,10 +243,11 @@ impl From<&InspectionRecord> for InspectionDto {
             confidence: r.confidence,
             label: r.label.clone(),
             scores: r.scores.iter().cloned().collect(),
-            objects_found: r.defects.len(),
+            objects_found: r.detections().count(),
             total_time_ms: round2(r.total_ms),
             inference_time_ms: round2(r.inference_ms),
-            detections: r.defects.iter().map(DetectionDto::from).collect(),
+            detections: DetectionDto::all(r),
+            expected_items: ExpectedItemsDto::of(r),
             image_url: r.image.as_ref().map(|_| format!("/api/v1/inspections/{}/image", r.id)),
             source: r.source.clone(),
             model: ModelRef { name: r.model_name.clone(), version: r.model_version.clone() },

@@ -63,7 +63,9 @@ impl From<CycleError> for ApiError {
     fn from(err: CycleError) -> ApiError {
         match err {
             CycleError::UnknownStation(_) => ApiError::unprocessable(err.to_string()),
-            CycleError::NoCamera(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            CycleError::NoCamera(_) | CycleError::NotDetection(_) => {
+                ApiError::new(StatusCode::CONFLICT, err.to_string())
+            }
             CycleError::Camera(ref camera) => {
                 tracing::warn!(cause = %camera, "camera capture failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())

@@ -93,7 +93,7 @@ impl From<&ReviewItem> for ReviewItemDto {
             decision: r.decision.as_str(),
             confidence: r.confidence,
             label: r.label.clone(),
-            detections: r.defects.iter().map(DetectionDto::from).collect(),
+            detections: DetectionDto::all(r),
             image_url: format!("/api/v1/inspections/{}/image", r.id),
             image_width: r.image_width,
             image_height: r.image_height,

@@ -110,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/inspections/{id}", get(routes::get_inspection).delete(routes::delete_inspection))
         .route("/inspections/{id}/image", get(routes::inspection_image))
         .route("/statistics", get(routes::statistics))
+        .route("/recipes", get(routes::recipes))
         .route("/statistics/trends", get(routes::trends))
         .route("/stations", get(routes::stations))
         .route("/mqtt/status", get(routes::mqtt_status))

@@ -98,6 +98,7 @@ use super::{
         routes::statistics,
         routes::trends,
         routes::stations,
+        routes::recipes,
         routes::mqtt_status,
         routes::opcua_status,
         wrenches::list,

@@ -17,13 +17,14 @@ use uuid::Uuid;
 use super::ApiState;
 use super::dto::OpcuaStatusDto;
 use super::dto::{
-    Health, InspectionDto, InspectionList, MqttStationDto, MqttStatusDto, Ready, ServiceStateDto, StationDto,
-    StationList, StatisticsDto, TrendsDto,
+    Health, InspectionDto, InspectionList, ItemDto, MqttStationDto, MqttStatusDto, Ready, RecipeDto, RecipeList,
+    ServiceStateDto, StationDto, StationList, StatisticsDto, TrendsDto,
 };
 use super::error::ApiError;
 #[allow(unused_imports, reason = "named by the OpenAPI attributes")]
 use super::error::{ErrorBody, Guarded, Invalid, NotFound, Unavailable};
 use crate::core::decision::Decision;
+use crate::core::expected::{self, Expectation, ExpectedItem};
 use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
 use crate::storage::{ListFilter, TrendInterval};
 use crate::supervisor::ServiceState;
@@ -80,8 +81,8 @@ const MAX_TEXT_FIELD: usize = 128;
     post,
     path = "/api/v1/inspect",
     tag = "inspections",
-    request_body(content_type = "multipart/form-data", description = "fields: file (jpeg, png, bmp, tiff or webp), station_id, part_id"),
-    responses((status = 201, description = "inspected and committed; Location names the record", body = InspectionDto), (status = 413, description = "upload too large", body = ErrorBody), (status = 415, description = "unsupported media type", body = ErrorBody), Guarded, Invalid, Unavailable),
+    request_body(content_type = "multipart/form-data", description = "fields: file (jpeg, png, bmp, tiff or webp), station_id, part_id, and either recipe (a name under [recipes]) or expected_items (JSON: [{\"name\": \"bolt\", \"quantity\": 4, \"aliases\": [\"M8 bolt\"]}]); without either, the station's recipe applies"),
+    responses((status = 201, description = "inspected and committed; Location names the record", body = InspectionDto), (status = 409, description = "expected items, but the active model is not a detection model", body = ErrorBody), (status = 413, description = "upload too large", body = ErrorBody), (status = 415, description = "unsupported media type", body = ErrorBody), Guarded, Invalid, Unavailable),
     security(("bearer" = []))
 )]
 pub async fn inspect_upload(
@@ -98,6 +99,7 @@ pub async fn inspect_upload(
     let mut file = None;
     let mut station_id = None;
     let mut part_id = None;
+    let (mut recipe, mut items) = (None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
@@ -122,9 +124,19 @@ pub async fn inspect_upload(
                 }
                 if name == "station_id" { station_id = Some(text) } else { part_id = Some(text) }
             }
+            "recipe" => recipe = Some(field.text().await.map_err(multipart_error)?),
+            "expected_items" => {
+                let text = field.text().await.map_err(multipart_error)?;
+                if text.len() > MAX_EXPECTED_ITEMS_JSON {
+                    return Err(ApiError::unprocessable(format!(
+                        "expected_items is longer than {MAX_EXPECTED_ITEMS_JSON} bytes"
+                    )));
+                }
+                items = Some(text);
+            }
             other => {
                 return Err(ApiError::unprocessable(format!(
-                    "unknown form field {other:?}; expected file, station_id, part_id"
+                    "unknown form field {other:?}; expected file, station_id, part_id, recipe, expected_items"
                 )));
             }
         }
@@ -135,13 +147,59 @@ pub async fn inspect_upload(
     }
     let format = upload_format(declared.as_deref(), &bytes)?;
     let station_id = station_id.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".to_owned());
+    let expected = expectation(&state, recipe, items)?;
     let request = InspectRequest {
         station_id,
         part_id: part_id.filter(|p| !p.is_empty()),
         image: CycleImage::Upload { bytes: bytes.into(), format },
         triggered_at: Instant::now(),
+        expected,
     };
     created(state.inspector.inspect(request).await?)
+}
+
+/// Largest `expected_items` form value, bytes.
+const MAX_EXPECTED_ITEMS_JSON: usize = 64 * 1024;
+
+/// One expected item as a client sends it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRequest {
+    name: String,
+    quantity: u32,
+    /// Other class names the item may be detected as.
+    #[serde(default)]
+    aliases: Vec<String>,
+}
+
+/// A client's list, validated (422 naming the item at fault).
+pub(crate) fn expected_items(field: &str, list: Vec<ItemRequest>) -> Result<Vec<ExpectedItem>, ApiError> {
+    let items: Vec<ExpectedItem> =
+        list.into_iter().map(|i| ExpectedItem { name: i.name, quantity: i.quantity, aliases: i.aliases }).collect();
+    expected::validate(&items).map_err(|err| ApiError::unprocessable(format!("{field}: {err}")))?;
+    Ok(items)
+}
+
+/// What a trigger asks the image to hold: a recipe by name, or a list (JSON). 422 for an
+/// unknown recipe, both at once, or a list that does not parse or validate.
+pub(crate) fn expectation(
+    state: &ApiState,
+    recipe: Option<String>,
+    items: Option<String>,
+) -> Result<Option<Expectation>, ApiError> {
+    match (recipe.filter(|r| !r.is_empty()), items.filter(|i| !i.trim().is_empty())) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::unprocessable("give recipe or expected_items, not both")),
+        (Some(name), None) => state.inspector.recipe(&name).map(Some).ok_or_else(|| {
+            let known: Vec<&String> = state.inspector.recipes().keys().collect();
+            ApiError::unprocessable(format!("no recipe {name:?}; the config has {known:?}"))
+        }),
+        (None, Some(json)) => {
+            let parsed: Vec<ItemRequest> =
+                serde_json::from_str(&json).map_err(|err| ApiError::unprocessable(format!("expected_items: {err}")))?;
+            Ok(Some(Expectation { recipe: None, items: expected_items("expected_items", parsed)? }))
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -149,6 +207,8 @@ pub async fn inspect_upload(
 pub struct CameraQuery {
     station_id: Option<String>,
     part_id: Option<String>,
+    /// A recipe under [recipes] whose items the image must hold (default: the station's).
+    recipe: Option<String>,
 }
 
 /// Captures a fresh frame from the station's camera and inspects it.
@@ -165,11 +225,13 @@ pub async fn inspect_camera(
     query: Result<Query<CameraQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(query_error)?;
+    let expected = expectation(&state, query.recipe, None)?;
     let request = InspectRequest {
         station_id: query.station_id.unwrap_or_else(|| "default".to_owned()),
         part_id: query.part_id.filter(|p| !p.is_empty()),
         image: CycleImage::Camera,
         triggered_at: Instant::now(),
+        expected,
     };
     created(state.inspector.inspect(request).await?)
 }
@@ -530,6 +592,24 @@ pub async fn stations(State(state): State<ApiState>) -> Json<StationList> {
     let snapshot = state.snapshots.borrow().clone();
     let stations = snapshot.stations.iter().map(|(id, s)| StationDto::new(id, s)).collect();
     Json(StationList { stations })
+}
+
+/// The recipes under `[recipes]` in the config: the items a kit or tray must hold, and the
+/// stations that check each by default.
+#[utoipa::path(
+    get,
+    path = "/api/v1/recipes",
+    tag = "inspections",
+    responses((status = 200, description = "done", body = RecipeList), Guarded),
+    security(("bearer" = []))
+)]
+pub async fn recipes(State(state): State<ApiState>) -> Json<RecipeList> {
+    let recipes = state.inspector.recipes().iter().map(|(name, items)| RecipeDto {
+        name: name.clone(),
+        items: ItemDto::list(items),
+        stations: state.inspector.stations_with_recipe(name),
+    });
+    Json(RecipeList { recipes: recipes.collect() })
 }
 
 /// MQTT link and outbox backlog per station.

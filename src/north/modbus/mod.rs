@@ -270,12 +270,13 @@ async fn run_triggers(
             part_id: None,
             image: CycleImage::Camera,
             triggered_at: Instant::now(),
+            expected: None,
         };
         let outcome = match inspector.inspect(request).await {
             Ok(record) => Ok(PlcResult {
                 decision_code: map::decision_code(record.decision),
                 confidence_milli: map::confidence_milli(record.confidence),
-                objects_found: record.defects.len().min(u16::MAX as usize) as u16,
+                objects_found: record.detections().count().min(u16::MAX as usize) as u16,
                 cycle_time_ms: map::cycle_ms(record.total_ms),
                 seq: record.seq as u32,
                 trigger_id,

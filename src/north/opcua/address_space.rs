@@ -396,6 +396,7 @@ pub(super) fn add_trigger(manager: &Arc<SimpleNodeManager>, ns: u16, inspector: 
             part_id: (!part_id.is_empty()).then_some(part_id),
             image: CycleImage::Camera,
             triggered_at: Instant::now(),
+            expected: None,
         };
         let inspector = inspector.clone();
         let outcome = tokio::task::block_in_place(|| {
