@@ -9,6 +9,12 @@
 //! from the oldest undelivered row. That is at-least-once: a message whose PUBACK was lost
 //! is sent again, and subscribers deduplicate by `id` / detect gaps by `message_seq`.
 //!
+//! rumqttc's `EventLoop::poll` is never cancelled: a poll dropped half-way through a
+//! connect leaves the broker with a session that vanishes as the next one (same client
+//! id) arrives, and brokers may then close the new one, costing a reconnect and a
+//! duplicate. So the loop owns one poll future at a time ([`poll_owned`]) and lets the
+//! other `select!` branches run beside it.
+//!
 //! Topics and payloads: docs/mqtt.md. This module is the only one that knows them.
 
 mod payload;
@@ -18,7 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -206,6 +217,18 @@ enum Ended {
     Lost(String),
 }
 
+/// One `EventLoop::poll` that owns the event loop and hands it back with the event, so
+/// that it can stay pending across `select!` iterations instead of being cancelled.
+type Polling = BoxFuture<'static, (Result<Event, ConnectionError>, EventLoop)>;
+
+fn poll_owned(mut eventloop: EventLoop) -> Polling {
+    async move {
+        let event = eventloop.poll().await;
+        (event, eventloop)
+    }
+    .boxed()
+}
+
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
@@ -270,19 +293,23 @@ impl Publisher {
         notifications: &mut broadcast::Receiver<Notification>,
         ctx: &ServiceContext,
     ) -> Ended {
-        let (client, mut eventloop) = AsyncClient::new(self.options(), 16);
+        let (client, eventloop) = AsyncClient::new(self.options(), 16);
+        let mut polling = poll_owned(eventloop);
         let mut conn = Connection::default();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         loop {
             tokio::select! {
-                event = eventloop.poll() => match event {
-                    Ok(event) => {
-                        if let Err(reason) = self.on_event(event, &client, &mut conn).await {
-                            return Ended::Lost(reason);
+                (event, eventloop) = &mut polling => {
+                    polling = poll_owned(eventloop);
+                    match event {
+                        Ok(event) => {
+                            if let Err(reason) = self.on_event(event, &client, &mut conn).await {
+                                return Ended::Lost(reason);
+                            }
                         }
+                        Err(err) => return Ended::Lost(err.to_string()),
                     }
-                    Err(err) => return Ended::Lost(err.to_string()),
-                },
+                }
                 notification = notifications.recv() => {
                     let ours = match &notification {
                         Ok(Notification::InspectionCompleted(summary)) => summary.station_id == self.station_id,
@@ -324,7 +351,7 @@ impl Publisher {
                     }
                 }
                 () = ctx.token.cancelled() => {
-                    self.stop(&client, &mut eventloop, &mut conn).await;
+                    self.stop(&client, polling, &mut conn).await;
                     return Ended::Cancelled;
                 }
             }
@@ -485,34 +512,39 @@ impl Publisher {
     }
 
     /// Orderly stop: wait briefly for the in-flight PUBACK, say "offline" (the last will
-    /// only fires on an unclean disconnect) and disconnect.
-    async fn stop(&mut self, client: &AsyncClient, eventloop: &mut rumqttc::EventLoop, conn: &mut Connection) {
+    /// only fires on an unclean disconnect) and disconnect. `polling` is the poll under way.
+    async fn stop(&mut self, client: &AsyncClient, mut polling: Polling, conn: &mut Connection) {
         if !conn.connected {
             return;
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        while conn.in_flight.is_some() {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+        let grace = Instant::now() + STOP_GRACE;
+        // Set once "offline" and the disconnect are queued: until then the in-flight
+        // PUBACK is awaited; after, the disconnect reaching the wire.
+        let mut end: Option<Instant> = None;
+        loop {
+            if end.is_none() && (conn.in_flight.is_none() || Instant::now() >= grace) {
+                let _ = client.try_publish(status_topic(&self.station_id), QoS::AtLeastOnce, true, OFFLINE);
+                let _ = client.try_disconnect();
+                end = Some(grace.max(Instant::now() + Duration::from_millis(200)));
+            }
+            let (event, eventloop) = match tokio::time::timeout_at(end.unwrap_or(grace), &mut polling).await {
+                Ok(polled) => polled,
+                Err(_) if end.is_none() => continue, // grace over: say offline anyway
+                Err(_) => break,
+            };
+            polling = poll_owned(eventloop);
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(seq) = conn.acked(ack.pkid)
                         && let Err(reason) = self.delivered(conn, seq).await
                     {
                         tracing::error!(station = self.station_id, cause = reason, "outbox row stays undelivered");
                     }
                 }
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => conn.published(pkid),
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-        let _ = client.try_publish(status_topic(&self.station_id), QoS::AtLeastOnce, true, OFFLINE);
-        let _ = client.try_disconnect();
-        // Drive the event loop until the disconnect is on the wire.
-        while let Ok(Ok(event)) =
-            tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(200)), eventloop.poll()).await
-        {
-            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => conn.published(pkid),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if end.is_some() => break,
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
         self.link.send_modify(|l| l.connected = false);
