@@ -8,6 +8,7 @@ use serde_json::json;
 use stationd::bus::Notification;
 use stationd::config::GpioBackend;
 use stationd::south::gpio::sim::GpioSimControl;
+use stationd::storage::Source;
 
 use crate::support::{Daemon, blind_camera_config, sample, test_config};
 
@@ -25,7 +26,11 @@ async fn press_trigger(daemon: &Daemon, gpio: &GpioSimControl) -> String {
     let mut notifications = daemon.app.bus.notifications.subscribe();
     gpio.drive("trigger", true).unwrap();
     let decision = loop {
-        if let Notification::InspectionCompleted(summary) = notifications.recv().await.unwrap() {
+        // Camera only: an upload answered just before may be announced after this subscribes
+        // (the notification follows the snapshot the upload's answer waited for).
+        if let Notification::InspectionCompleted(summary) = notifications.recv().await.unwrap()
+            && summary.source == Source::Camera
+        {
             assert_eq!(summary.station_id, "default");
             break summary.decision.as_str().to_owned();
         }
