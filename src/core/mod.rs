@@ -13,6 +13,7 @@ pub mod drift;
 pub mod expected;
 pub mod monitor;
 pub mod outputs;
+pub mod patchcore;
 pub mod stats;
 
 use std::collections::BTreeMap;
