@@ -233,7 +233,7 @@ impl Inspector {
             ModelOutput::Classification { probabilities } => {
                 model.spec.labels.iter().cloned().zip(probabilities.iter().copied()).collect()
             }
-            ModelOutput::Anomaly { score } => vec![("anomaly_score".to_owned(), *score)],
+            ModelOutput::Anomaly { score, .. } => vec![("anomaly_score".to_owned(), *score)],
             ModelOutput::Detection { .. } => Vec::new(),
         };
         let new = NewInspection {

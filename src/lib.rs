@@ -10,6 +10,7 @@
 //! - [`inference`]: tract models on dedicated threads.
 //! - [`jobs`]: batch jobs (a folder's images inspected one by one).
 //! - [`models`]: the model registry (upload, activate with a hot swap, rollback).
+//! - [`patchcore`]: PatchCore anomaly models fitted on the station's images.
 //! - [`storage`]: SQLite and the image store on one thread; the only SQL.
 //! - [`south`]: device adapters (cameras).
 //! - [`north`]: plant-facing interfaces (REST API).
@@ -36,6 +37,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod north;
+pub mod patchcore;
 pub mod pipelines;
 pub mod south;
 pub mod station_io;

@@ -184,14 +184,38 @@ impl Registry {
         let (staged, record) = tokio::task::spawn_blocking(move || stage_upload(&archive, &root, by))
             .await
             .map_err(|err| RegistryError::Invalid(format!("the upload could not be unpacked: {err}")))??;
+        self.commit(staged, record).await
+    }
+
+    /// Registers the model folder `dir` (model.toml and model.onnx) like an upload: a
+    /// fitted model joins the registry this way. `dir` itself is left as it is.
+    pub async fn add_folder(&self, dir: PathBuf, by: String) -> Result<ModelRecord, RegistryError> {
+        let root = self.models_root.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            let read = |name: &str| {
+                std::fs::read(dir.join(name))
+                    .map_err(|err| RegistryError::Invalid(format!("{}: {err}", dir.join(name).display())))
+            };
+            stage_files(read("model.toml")?, &read("model.onnx")?, &root, by)
+        });
+        let (staged, record) =
+            staged.await.map_err(|err| RegistryError::Invalid(format!("the model could not be staged: {err}")))??;
+        self.commit(staged, record).await
+    }
+
+    /// Whether a model with `name` and `version` is registered.
+    pub async fn has_version(&self, name: &str, version: &str) -> Result<bool, RegistryError> {
+        let (models, _) = self.list().await?;
+        Ok(models.iter().any(|m| m.name == name && m.version == version))
+    }
+
+    async fn commit(&self, staged: PathBuf, record: ModelRecord) -> Result<ModelRecord, RegistryError> {
         let committed = self.storage.call(move |db| db.commit_model(&staged, record)).await?;
         committed.map_err(|known| {
             RegistryError::Conflict(format!("model {} version {} is already registered", known.name, known.version))
         })
     }
 
-    /// Loads and warms `id` while the current model serves, commits the activation and
-    /// swaps. Activating the model that serves is a no-op.
     /// Loads and warms up the registered model `id` on the blocking pool.
     async fn load(&self, id: Uuid) -> Result<inference::Loaded, RegistryError> {
         let record = self.storage.call(move |db| db.model(id)).await?.ok_or(RegistryError::NotFound)?;
@@ -200,6 +224,8 @@ impl Registry {
             .map_err(|err| RegistryError::Invalid(format!("the model does not load: {err}")))
     }
 
+    /// Loads and warms `id` while the current model serves, commits the activation and
+    /// swaps. Activating the model that serves is a no-op.
     pub async fn activate(&self, id: Uuid, by: &str, reason: &'static str) -> Result<ModelActivation, RegistryError> {
         let swap = self.inference.begin_swap().await;
         if self.inference.model().is_some_and(|m| m.id == id.to_string()) {
@@ -346,10 +372,15 @@ fn read_tar<R: Read>(mut archive: tar::Archive<R>, files: &mut ModelFiles) -> Re
 /// Unpacks, stages and loads an upload; on success the staged folder and its row.
 fn stage_upload(archive: &[u8], root: &Path, by: String) -> Result<(PathBuf, ModelRecord), RegistryError> {
     let (toml, onnx) = unpack(archive)?;
+    stage_files(toml, &onnx, root, by)
+}
+
+/// Stages a model's two files and loads them; on success the staged folder and its row.
+fn stage_files(toml: Vec<u8>, onnx: &[u8], root: &Path, by: String) -> Result<(PathBuf, ModelRecord), RegistryError> {
     let text = String::from_utf8(toml).map_err(|_| RegistryError::Invalid("model.toml is not UTF-8".into()))?;
     ModelSpec::parse(&text).map_err(|err| RegistryError::Invalid(err.to_string()))?;
     let id = Uuid::new_v4();
-    let staged = crate::storage::stage_model(root, id, &[("model.toml", text.as_bytes()), ("model.onnx", &onnx)])
+    let staged = crate::storage::stage_model(root, id, &[("model.toml", text.as_bytes()), ("model.onnx", onnx)])
         .map_err(|err| RegistryError::Storage(err.into()))?;
     let checked = describe(id, &staged, ModelSource::Upload, Some(by)).and_then(|record| {
         // Loading runs a warm-up inference: a graph that loads but cannot run on the

@@ -49,7 +49,18 @@ pub enum ModelOutput {
     /// Higher is more anomalous.
     Anomaly {
         score: f32,
+        /// Per-patch scores, when the model gives them (PatchCore does).
+        map: Option<AnomalyMap>,
     },
+}
+
+/// An anomaly model's per-patch scores: `width × height` cells, row-major, each covering
+/// the same share of the image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyMap {
+    pub width: u32,
+    pub height: u32,
+    pub values: Vec<f32>,
 }
 
 /// How to judge a model's output; built from model.toml with config overrides.
@@ -92,7 +103,7 @@ pub fn decide(rule: &DecisionRule, output: &ModelOutput) -> Verdict {
             DecisionRule::Detection { defect_classes, fail_threshold, uncertain_threshold },
             ModelOutput::Detection { detections },
         ) => detect(defect_classes, *fail_threshold, *uncertain_threshold, detections),
-        (DecisionRule::Anomaly { pass_threshold, fail_threshold }, ModelOutput::Anomaly { score }) => {
+        (DecisionRule::Anomaly { pass_threshold, fail_threshold }, ModelOutput::Anomaly { score, .. }) => {
             anomaly(*pass_threshold, *fail_threshold, *score)
         }
         // The model registry pairs rules with models of the same task; should they ever
@@ -262,7 +273,7 @@ mod tests {
     fn malformed_outputs_are_uncertain_not_errors() {
         check(
             &classification_rule(),
-            &[probs(&[0.9, 0.1]), probs(&[f32::NAN, 0.0, 0.0]), ModelOutput::Anomaly { score: 0.1 }],
+            &[probs(&[0.9, 0.1]), probs(&[f32::NAN, 0.0, 0.0]), ModelOutput::Anomaly { score: 0.1, map: None }],
             expect![[r#"
                 uncertain 0.000 None []
                 uncertain 0.000 None []
@@ -306,7 +317,7 @@ mod tests {
         let scores = [0.0, 0.4, 0.45, 0.5, 0.6, 0.9, f32::INFINITY];
         check(
             &rule,
-            &scores.map(|score| ModelOutput::Anomaly { score }),
+            &scores.map(|score| ModelOutput::Anomaly { score, map: None }),
             expect![[r#"
                 pass 0.900 None []
                 pass 0.500 None []

@@ -24,7 +24,7 @@ pub fn anomaly_score(rule: &DecisionRule, output: &ModelOutput) -> Option<f32> {
             .filter(|d| defect_classes.contains(&d.class_name))
             .map(|d| d.confidence)
             .fold(0.0, f32::max),
-        (DecisionRule::Anomaly { .. }, ModelOutput::Anomaly { score }) => *score,
+        (DecisionRule::Anomaly { .. }, ModelOutput::Anomaly { score, .. }) => *score,
         _ => return None,
     };
     score.is_finite().then_some(score)
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(anomaly_score(&detection, &output), Some(0.7));
 
         let anomaly = DecisionRule::Anomaly { pass_threshold: 0.3, fail_threshold: 0.6 };
-        assert_eq!(anomaly_score(&anomaly, &ModelOutput::Anomaly { score: f32::NAN }), None);
+        assert_eq!(anomaly_score(&anomaly, &ModelOutput::Anomaly { score: f32::NAN, map: None }), None);
         assert_eq!(anomaly_score(&anomaly, &output), None, "a mismatched output scores nothing");
     }
 }

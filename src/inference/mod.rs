@@ -21,7 +21,7 @@ use image::RgbImage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tract_onnx::prelude::*;
 
-use crate::core::decision::ModelOutput;
+use crate::core::decision::{AnomalyMap, ModelOutput};
 use crate::supervisor::{Phase, ServiceContext, StateReporter, Supervisor};
 pub use spec::{ModelSpec, Task};
 
@@ -47,20 +47,7 @@ pub struct Model {
 impl Model {
     pub fn load(dir: &Path) -> Result<Model, ModelError> {
         let spec = ModelSpec::load(dir)?;
-        let path = dir.join("model.onnx");
-        let graph_error = |message: String| ModelError::Graph { path: path.clone(), message };
-        let shape = [1, 3, spec.height as usize, spec.width as usize];
-        // tract reports bad graphs as errors; the unwind guard is for the protobuf corner
-        // cases nobody has fuzzed, so that a bad upload can never take the daemon down.
-        let plan = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            tract_onnx::onnx()
-                .model_for_path(&path)?
-                .with_input_fact(0, f32::fact(shape).into())?
-                .into_optimized()?
-                .into_runnable()
-        }))
-        .map_err(|_| graph_error("the ONNX loader panicked on this file".into()))?
-        .map_err(|err| graph_error(format!("{err:#}")))?;
+        let plan = plan_for(&dir.join("model.onnx"), (spec.width, spec.height))?;
         let model = Model { spec, plan };
         let blank = RgbImage::new(model.spec.width, model.spec.height);
         model.run(&blank)?;
@@ -69,17 +56,22 @@ impl Model {
 
     /// Preprocesses `image` as model.toml says and runs the model.
     pub fn run(&self, image: &RgbImage) -> Result<ModelOutput, ModelError> {
-        let input = self.preprocess(image);
+        let spec = &self.spec;
+        let input = preprocess(image, (spec.width, spec.height), spec.mean, spec.std);
         let outputs = self.plan.run(tvec!(input.into())).map_err(|err| ModelError::Run(format!("{err:#}")))?;
         let first = outputs.first().ok_or_else(|| ModelError::Run("the model produced no output".into()))?;
         let shape = first.shape().to_vec();
-        let values: Vec<f32> = first
-            .to_plain_array_view::<f32>()
-            .map_err(|err| ModelError::Run(format!("{err:#}")))?
-            .iter()
-            .copied()
-            .collect();
-        self.decode(values, &shape, image.dimensions())
+        let values = plain_values(first)?;
+        let mut output = self.decode(values, &shape, image.dimensions())?;
+        // An anomaly model's second output, if any, is its map: [1, 1, h, w], [1, h, w] or [h, w].
+        if let (ModelOutput::Anomaly { map, .. }, Some(second)) = (&mut output, outputs.get(1)) {
+            let dims: Vec<usize> = second.shape().iter().copied().filter(|&d| d != 1).collect();
+            if let [height, width] = dims[..] {
+                let values = plain_values(second)?;
+                *map = Some(AnomalyMap { width: width as u32, height: height as u32, values });
+            }
+        }
+        Ok(output)
     }
 
     /// Runs the model `iterations` times on a fixed noise image of its input size (so no
@@ -98,26 +90,6 @@ impl Model {
         Ok(times)
     }
 
-    fn preprocess(&self, image: &RgbImage) -> Tensor {
-        let (width, height) = (self.spec.width, self.spec.height);
-        let resized;
-        let image = if image.dimensions() == (width, height) {
-            image
-        } else {
-            resized = image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle);
-            &resized
-        };
-        let (mean, std) = (self.spec.mean, self.spec.std);
-        let plane = (width * height) as usize;
-        let mut data = vec![0f32; 3 * plane];
-        for (index, pixel) in image.pixels().enumerate() {
-            for channel in 0..3 {
-                data[channel * plane + index] = (pixel[channel] as f32 / 255.0 - mean[channel]) / std[channel];
-            }
-        }
-        Tensor::from_shape(&[1, 3, height as usize, width as usize], &data).expect("shape matches data length")
-    }
-
     fn decode(&self, values: Vec<f32>, shape: &[usize], image: (u32, u32)) -> Result<ModelOutput, ModelError> {
         match self.spec.task {
             Task::Classification => {
@@ -132,7 +104,7 @@ impl Model {
                 Ok(ModelOutput::Classification { probabilities })
             }
             Task::Anomaly => match values.as_slice() {
-                [score] => Ok(ModelOutput::Anomaly { score: *score }),
+                [score] => Ok(ModelOutput::Anomaly { score: *score, map: None }),
                 _ => Err(ModelError::OutputShape { got: values.len(), expected: 1 }),
             },
             Task::Detection => {
@@ -151,6 +123,49 @@ impl Model {
             }
         }
     }
+}
+
+/// Loads the ONNX graph at `path` for one RGB image of `size`, optimised for tract.
+pub(crate) fn plan_for(path: &Path, size: (u32, u32)) -> Result<Arc<TypedRunnableModel>, ModelError> {
+    let graph_error = |message: String| ModelError::Graph { path: path.to_owned(), message };
+    let shape = [1, 3, size.1 as usize, size.0 as usize];
+    // tract reports bad graphs as errors; the unwind guard is for the protobuf corner
+    // cases nobody has fuzzed, so that a bad upload can never take the daemon down.
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        tract_onnx::onnx()
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()?
+            .into_runnable()
+    }))
+    .map_err(|_| graph_error("the ONNX loader panicked on this file".into()))?
+    .map_err(|err| graph_error(format!("{err:#}")))
+}
+
+/// `image` as a model input: resized to `size` (bilinear) unless it has that size, scaled
+/// to 0..1, normalised per channel, NCHW with a batch of one.
+pub(crate) fn preprocess(image: &RgbImage, size: (u32, u32), mean: [f32; 3], std: [f32; 3]) -> Tensor {
+    let (width, height) = size;
+    let resized;
+    let image = if image.dimensions() == size {
+        image
+    } else {
+        resized = image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle);
+        &resized
+    };
+    let plane = (width * height) as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (index, pixel) in image.pixels().enumerate() {
+        for channel in 0..3 {
+            data[channel * plane + index] = (pixel[channel] as f32 / 255.0 - mean[channel]) / std[channel];
+        }
+    }
+    Tensor::from_shape(&[1, 3, height as usize, width as usize], &data).expect("shape matches data length")
+}
+
+pub(crate) fn plain_values(tensor: &TValue) -> Result<Vec<f32>, ModelError> {
+    let view = tensor.to_plain_array_view::<f32>().map_err(|err| ModelError::Run(format!("{err:#}")))?;
+    Ok(view.iter().copied().collect())
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {
