@@ -205,7 +205,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     );
     std::fs::create_dir_all(&config.jobs_input_root)
         .with_context(|| format!("cannot create {}", config.jobs_input_root.display()))?;
-    let jobs = crate::jobs::spawn(&mut supervisor, inspector.clone(), config.jobs_input_root.clone());
+    let fits = crate::jobs::Fits {
+        backbone_dir: config.anomaly_backbone_dir.clone(),
+        root: config.state_dir.join("fits"),
+        registry: models.clone(),
+    };
+    let jobs = crate::jobs::spawn(&mut supervisor, inspector.clone(), config.jobs_input_root.clone(), fits);
     let pipelines = pipelines::spawn(&mut supervisor, inspector.clone(), config.mqtt.is_some());
     let modbus_addr = match &config.modbus {
         Some(modbus) => {

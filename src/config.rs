@@ -42,6 +42,8 @@ pub struct Config {
     /// The folder batch jobs read images under (`[jobs] input_root`, default
     /// `<state_dir>/batch`); a job's `input_dir` must lie inside it.
     pub jobs_input_root: PathBuf,
+    /// The PatchCore backbone folder (`[anomaly] backbone_dir`); `None` refuses fits.
+    pub anomaly_backbone_dir: Option<PathBuf>,
     pub inference: InferenceConfig,
     /// Keyed by camera id.
     pub cameras: BTreeMap<String, CameraConfig>,
@@ -352,6 +354,14 @@ impl Config {
                 return Err(ConfigError::invalid("inference.model_dir", format!("{} does not exist", path.display())));
             }
         }
+        if let Some(dir) = &self.anomaly_backbone_dir {
+            for file in ["model.onnx", "backbone.toml"] {
+                if !dir.join(file).is_file() {
+                    let missing = format!("{} does not exist", dir.join(file).display());
+                    return Err(ConfigError::invalid("anomaly.backbone_dir", missing));
+                }
+            }
+        }
         if let Some(tls) = self.mqtt.as_ref().and_then(|m| m.tls.as_ref()) {
             let files = [
                 ("mqtt.ca_file", Some(&tls.ca_file)),
@@ -415,6 +425,14 @@ pub(crate) struct RawConfig {
     jobs: RawJobs,
     #[serde(default)]
     recipes: BTreeMap<String, RawRecipe>,
+    #[serde(default)]
+    anomaly: RawAnomaly,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    backbone_dir: Option<PathBuf>,
 }
 
 /// `[recipes.<name>]`: the items a kit or tray must hold.
@@ -1300,6 +1318,7 @@ impl RawConfig {
             coaching: self.coaching.validate(&stations, gpio.as_ref())?,
             drift: self.drift.validate()?,
             jobs_input_root: self.jobs.input_root.unwrap_or_else(|| self.state_dir.join("batch")),
+            anomaly_backbone_dir: self.anomaly.backbone_dir,
             inference: InferenceConfig {
                 model_dir: self.inference.model_dir,
                 threads: self.inference.threads,
@@ -1654,6 +1673,7 @@ mod tests {
             "drift",
             "jobs",
             "recipes.",
+            "anomaly",
         ];
         let keys = [
             ("", "state_dir"),
@@ -1764,6 +1784,7 @@ mod tests {
             ("recipes.", "name"),
             ("recipes.", "quantity"),
             ("recipes.", "aliases"),
+            ("anomaly", "backbone_dir"),
         ];
         let mut documented = std::collections::HashSet::new();
         let mut table = String::new();

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::bus::{Bus, Event, InspectionSummary, Snapshot};
 use crate::config::{StationConfig, ThresholdOverrides};
-use crate::core::decision::{self, Detection, ModelOutput};
+use crate::core::decision::{self, AnomalyMap, Detection, ModelOutput};
 use crate::core::expected::{self, Expectation, ExpectedItem};
 use crate::inference::{ImageInput, InferenceError, InferenceHandle, ModelInfo};
 use crate::metrics::{Metrics, Stage};
@@ -249,6 +249,7 @@ impl Inspector {
             parts,
             expected,
             mm_per_pixel: station.mm_per_pixel,
+            anomaly_map: relative_map(&inferred.output, &rule),
             model_name: model.spec.name.clone(),
             model_version: model.spec.version.clone(),
             inference_ms: inferred.inference_ms,
@@ -299,6 +300,18 @@ impl Inspector {
         tracing::debug!(id = %record.id, station = record.station_id, decision = record.decision.as_str(), "inspection stored");
         Ok(record)
     }
+}
+
+/// An anomaly model's map with its cells divided by the fail threshold in force, so that
+/// 1.0 is the fail level whatever the model's score scale.
+fn relative_map(output: &ModelOutput, rule: &decision::DecisionRule) -> Option<AnomalyMap> {
+    let (ModelOutput::Anomaly { map: Some(map), .. }, decision::DecisionRule::Anomaly { fail_threshold, .. }) =
+        (output, rule)
+    else {
+        return None;
+    };
+    let scale = if *fail_threshold > 0.0 { 1.0 / fail_threshold } else { 1.0 };
+    Some(AnomalyMap { values: map.values.iter().map(|v| v * scale).collect(), ..map.clone() })
 }
 
 /// `encode_jpeg` on the blocking pool: encoding a frame takes milliseconds.

@@ -5,6 +5,10 @@
 //! after each file. Started jobs run one after another; a cancel stops a job after the
 //! file it is on. A job that was running when the daemon stopped is marked failed at the
 //! next start.
+//!
+//! A fit job (`JobKind::Fit`) fits a PatchCore anomaly model ([`crate::patchcore`]) on
+//! normal images uploaded with it or on a station's newest passed images, reports its
+//! stage and images done as progress, and registers the fitted model (not activated).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,7 @@ use uuid::Uuid;
 
 use crate::core::decision::Decision;
 use crate::cycle::{CycleImage, InspectRequest, Inspector};
-use crate::storage::{JobProgress, JobRecord, JobStatus, StorageError};
+use crate::storage::{JobKind, JobProgress, JobRecord, JobStatus, StorageError};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
 /// Images larger than this are counted as errors, like an oversized upload.
@@ -52,7 +56,40 @@ pub struct Jobs {
     inspector: Inspector,
     commands: mpsc::Sender<Command>,
     input_root: PathBuf,
+    fits: Fits,
 }
+
+/// What fit jobs need: the backbone, where their uploads wait, and the registry.
+#[derive(Clone)]
+pub struct Fits {
+    /// `[anomaly] backbone_dir`; `None` refuses fits.
+    pub backbone_dir: Option<PathBuf>,
+    /// `<state_dir>/fits`: a fit's uploaded images, under its job id, until it ends.
+    pub root: PathBuf,
+    pub registry: crate::models::Registry,
+}
+
+/// A fit job's parameters, as stored with it (JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitParams {
+    pub model_name: String,
+    pub model_version: String,
+    pub coreset_ratio: f64,
+    pub source: FitSource,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FitSource {
+    /// Images uploaded with the job, kept under `<fits root>/<job id>/<set>/`.
+    Upload { normal: usize, heldout_normal: usize, heldout_anomalous: usize },
+    /// The station's newest passed images (normal) and failed images (held-out anomalous).
+    Station { station_id: String, last_passed: u32, last_failed: u32 },
+}
+
+/// The image sets of an uploaded fit, as folder names under its job folder.
+pub const FIT_SETS: [&str; 3] = ["normal", "heldout_normal", "heldout_anomalous"];
 
 /// What a new job is asked to do.
 pub struct NewJob {
@@ -68,6 +105,87 @@ impl Jobs {
         &self.input_root
     }
 
+    /// Where fit job `id` keeps its uploaded images (`<folder>/<set>/`).
+    pub fn fit_folder(&self, id: Uuid) -> PathBuf {
+        self.fits.root.join(id.to_string())
+    }
+
+    /// Checks, stores and starts a fit job (id chosen by the caller, who may have put its
+    /// images in [`Jobs::fit_folder`] already).
+    pub async fn create_fit(&self, id: Uuid, params: FitParams, created_by: String) -> Result<JobRecord, JobError> {
+        if self.fits.backbone_dir.is_none() {
+            return Err(JobError::Conflict("fits need a backbone: set [anomaly] backbone_dir".into()));
+        }
+        let name_ok = |s: &str| !s.trim().is_empty() && s.len() <= 100 && !s.chars().any(char::is_control);
+        if !name_ok(&params.model_name) || !name_ok(&params.model_version) {
+            return Err(JobError::Invalid("name and version must be 1 to 100 characters".into()));
+        }
+        if !(params.coreset_ratio > 0.0 && params.coreset_ratio <= 1.0) {
+            return Err(JobError::Invalid("coreset_ratio must be above 0 and at most 1".into()));
+        }
+        let normal = match &params.source {
+            FitSource::Upload { normal, heldout_normal, heldout_anomalous } => {
+                if normal + heldout_normal + heldout_anomalous > crate::patchcore::MAX_IMAGES {
+                    return Err(JobError::Invalid(format!(
+                        "a fit reads at most {} images",
+                        crate::patchcore::MAX_IMAGES
+                    )));
+                }
+                *normal
+            }
+            FitSource::Station { station_id, last_passed, last_failed } => {
+                if !self.inspector.has_station(station_id) {
+                    return Err(JobError::Invalid(format!("no station {station_id:?}")));
+                }
+                if *last_passed as usize + *last_failed as usize > crate::patchcore::MAX_IMAGES {
+                    return Err(JobError::Invalid(format!(
+                        "a fit reads at most {} images",
+                        crate::patchcore::MAX_IMAGES
+                    )));
+                }
+                *last_passed as usize
+            }
+        };
+        if normal < crate::patchcore::MIN_NORMAL_IMAGES {
+            return Err(JobError::Invalid(format!(
+                "a fit needs at least {} normal images",
+                crate::patchcore::MIN_NORMAL_IMAGES
+            )));
+        }
+        let registered = self.fits.registry.has_version(&params.model_name, &params.model_version).await;
+        if registered.map_err(|err| JobError::Invalid(err.to_string()))? {
+            return Err(JobError::Conflict(format!(
+                "model {} version {} is already registered",
+                params.model_name, params.model_version
+            )));
+        }
+        let station_id = match &params.source {
+            FitSource::Station { station_id, .. } => station_id.clone(),
+            FitSource::Upload { .. } => String::new(),
+        };
+        let job = JobRecord {
+            id,
+            kind: JobKind::Fit,
+            name: format!("fit {} {}", params.model_name, params.model_version),
+            input_dir: String::new(),
+            file_pattern: String::new(),
+            station_id,
+            status: JobStatus::Pending,
+            progress: JobProgress::default(),
+            last_error: None,
+            created_by: Some(created_by),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            params: Some(serde_json::to_string(&params).map_err(|err| JobError::Invalid(err.to_string()))?),
+            result: None,
+            stage: None,
+        };
+        let stored = job.clone();
+        self.inspector.storage.call(move |db| db.insert_job(&stored)).await?;
+        self.start(id).await
+    }
+
     /// Checks and stores a new job (pending until started).
     pub async fn create(&self, new: NewJob) -> Result<JobRecord, JobError> {
         if new.name.trim().is_empty() || new.name.len() > 200 {
@@ -80,6 +198,7 @@ impl Jobs {
         pattern(&new.file_pattern)?;
         let job = JobRecord {
             id: Uuid::new_v4(),
+            kind: JobKind::Batch,
             name: new.name.trim().to_owned(),
             input_dir: new.input_dir,
             file_pattern: new.file_pattern,
@@ -91,14 +210,22 @@ impl Jobs {
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
+            params: None,
+            result: None,
+            stage: None,
         };
         let stored = job.clone();
         self.inspector.storage.call(move |db| db.insert_job(&stored)).await?;
         Ok(job)
     }
 
-    pub async fn list(&self, limit: u32) -> Result<Vec<JobRecord>, JobError> {
-        Ok(self.inspector.storage.call(move |db| db.jobs(limit)).await?)
+    pub async fn list(
+        &self,
+        limit: u32,
+        kind: Option<JobKind>,
+        status: Option<JobStatus>,
+    ) -> Result<Vec<JobRecord>, JobError> {
+        Ok(self.inspector.storage.call(move |db| db.jobs(limit, kind, status)).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<JobRecord, JobError> {
@@ -164,9 +291,9 @@ fn matching_files(dir: &Path, pattern: &glob::Pattern) -> Result<Vec<PathBuf>, S
     Ok(files)
 }
 
-pub fn spawn(supervisor: &mut Supervisor, inspector: Inspector, input_root: PathBuf) -> Jobs {
+pub fn spawn(supervisor: &mut Supervisor, inspector: Inspector, input_root: PathBuf, fits: Fits) -> Jobs {
     let (commands_tx, commands) = mpsc::channel(8);
-    let jobs = Jobs { inspector, commands: commands_tx, input_root };
+    let jobs = Jobs { inspector, commands: commands_tx, input_root, fits };
     let service = jobs.clone();
     supervisor.spawn("jobs", Phase::Intake, move |ctx| run(service, commands, ctx));
     jobs
@@ -180,6 +307,10 @@ async fn run(jobs: Jobs, mut commands: mpsc::Receiver<Command>, ctx: ServiceCont
         Err(StorageError::Stopped) => return Ok(()),
         Err(err) => return Err(ServiceError::new(err)),
     }
+    // Fits are started as they are created and fail when a stop interrupts them, so at
+    // start no fit needs its uploaded images any more.
+    let root = jobs.fits.root.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
     ctx.set_ready();
     let mut queue: VecDeque<Uuid> = VecDeque::new();
     let mut current: Option<(Uuid, CancellationToken, BoxFuture<'static, ()>)> = None;
@@ -279,6 +410,13 @@ async fn run_job(jobs: Jobs, id: Uuid, token: CancellationToken, stop: Cancellat
         Ok(job) => job,
         Err(err) => return end(JobStatus::Failed, Some(err.to_string())).await,
     };
+    if job.kind == JobKind::Fit {
+        let (status, error) = run_fit(&jobs, &job, &token, &stop).await;
+        // A fit's uploaded images are only its input.
+        let folder = jobs.fit_folder(id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(folder)).await;
+        return end(status, error).await;
+    }
     let files =
         match resolve_dir(&jobs.input_root, &job.input_dir).and_then(|dir| Ok((dir, pattern(&job.file_pattern)?))) {
             Ok((dir, pattern)) => {
@@ -350,4 +488,145 @@ async fn inspect_file(inspector: &Inspector, station_id: &str, file: &Path, part
         expected: None,
     };
     inspector.inspect(request).await.map(|record| record.decision).map_err(|err| err.to_string())
+}
+
+/// Runs fit job `job` to its end: how it ended and why, for the caller to record.
+async fn run_fit(
+    jobs: &Jobs,
+    job: &JobRecord,
+    token: &CancellationToken,
+    stop: &CancellationToken,
+) -> (JobStatus, Option<String>) {
+    let failed = |why: String| (JobStatus::Failed, Some(why));
+    let id = job.id;
+    let storage = jobs.inspector.storage.clone();
+    let params: FitParams = match job.params.as_deref().map(serde_json::from_str) {
+        Some(Ok(params)) => params,
+        _ => return failed("the fit's parameters are unreadable".into()),
+    };
+    let Some(backbone_dir) = jobs.fits.backbone_dir.clone() else {
+        return failed("no [anomaly] backbone_dir".into());
+    };
+    // The images.
+    let folder = jobs.fit_folder(id);
+    let sets = match &params.source {
+        FitSource::Upload { .. } => {
+            let folder = folder.clone();
+            let listed = tokio::task::spawn_blocking(move || FIT_SETS.map(|set| sorted_files(&folder.join(set))));
+            match listed.await {
+                Ok(sets) => sets,
+                Err(err) => return failed(err.to_string()),
+            }
+        }
+        FitSource::Station { station_id, last_passed, last_failed } => {
+            let (station, passed, failed_n) = (station_id.clone(), *last_passed, *last_failed);
+            let listed = storage
+                .call(move |db| {
+                    Ok((
+                        db.recent_images(&station, Decision::Pass, passed)?,
+                        db.recent_images(&station, Decision::Fail, failed_n)?,
+                    ))
+                })
+                .await;
+            match listed {
+                Ok((normal, anomalous)) => [normal, Vec::new(), anomalous],
+                Err(err) => return failed(err.to_string()),
+            }
+        }
+    };
+    let [normal, heldout_normal, heldout_anomalous] = sets;
+    let now = Utc::now();
+    let started =
+        storage.call(move |db| db.set_job_status(id, &[JobStatus::Queued], JobStatus::Running, None, now)).await;
+    if !matches!(started, Ok(true)) {
+        return (JobStatus::Cancelled, None);
+    }
+    tracing::info!(job = %id, model = params.model_name, normal = normal.len(), "PatchCore fit started");
+    let request = crate::patchcore::FitRequest {
+        name: params.model_name.clone(),
+        version: params.model_version.clone(),
+        normal,
+        heldout_normal,
+        heldout_anomalous,
+        coreset_ratio: params.coreset_ratio,
+    };
+    // The fit blocks; it reports progress through a watch and stops when told.
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel((crate::patchcore::Stage::Features, 0, 0));
+    let out = folder.join("model");
+    let (cancel, started_at) = (token.clone(), Instant::now());
+    let fitting = tokio::task::spawn_blocking(move || {
+        let backbone = crate::patchcore::Backbone::load(&backbone_dir)?;
+        crate::patchcore::fit(&backbone, &request, &out, &mut |stage, done, all| {
+            progress_tx.send_replace((stage, done, all));
+            !cancel.is_cancelled()
+        })
+    });
+    let save_progress = |(stage, done, all): (crate::patchcore::Stage, usize, usize)| {
+        let storage = storage.clone();
+        async move {
+            let saved = storage.call(move |db| db.set_job_stage(id, stage.as_str(), done as u64, all as u64)).await;
+            if let Err(err) = saved {
+                tracing::warn!(job = %id, cause = %err, "a fit's progress could not be stored");
+            }
+        }
+    };
+    tokio::pin!(fitting);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut fitting => break outcome,
+            Ok(()) = progress_rx.changed() => {
+                let progress = *progress_rx.borrow_and_update();
+                save_progress(progress).await;
+            }
+        }
+    };
+    // The fit may end before its last report was stored.
+    let last = *progress_rx.borrow();
+    save_progress(last).await;
+    let report = match outcome {
+        Ok(Ok(report)) => report,
+        Ok(Err(crate::patchcore::FitError::Cancelled)) => {
+            let error = stop.is_cancelled().then(|| "the daemon stopped while the job ran".to_owned());
+            return (JobStatus::Cancelled, error);
+        }
+        Ok(Err(err)) => return failed(err.to_string()),
+        Err(err) => return failed(format!("the fit stopped: {err}")),
+    };
+    let by = job.created_by.clone().unwrap_or_default();
+    let model = match jobs.fits.registry.add_folder(folder.join("model"), by).await {
+        Ok(model) => model,
+        Err(err) => return failed(format!("the fitted model could not be registered: {err}")),
+    };
+    let result = serde_json::json!({
+        "model_id": model.id.to_string(),
+        "model_name": model.name,
+        "model_version": model.version,
+        "image_auroc": report.image_auroc,
+        "pass_threshold": report.pass_threshold,
+        "fail_threshold": report.fail_threshold,
+        "heldout_normal": report.heldout_normal,
+        "heldout_anomalous": report.heldout_anomalous,
+        "heldout_normal_passed": report.normal_passed,
+        "heldout_anomalous_failed": report.anomalous_failed,
+        "bank_images": report.bank_images,
+        "calibration_images": report.calibration_images,
+        "candidate_patches": report.candidate_patches,
+        "bank_patches": report.bank_patches,
+        "feature_dim": report.feature_dim,
+        "fit_seconds": (started_at.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+    .to_string();
+    if let Err(err) = storage.call(move |db| db.set_job_result(id, &result)).await {
+        return failed(format!("the result could not be stored: {err}"));
+    }
+    tracing::info!(job = %id, model = %model.id, auroc = ?report.image_auroc, "PatchCore fit completed");
+    (JobStatus::Completed, None)
+}
+
+/// The files directly in `dir`, sorted; none when it does not exist.
+fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
 }

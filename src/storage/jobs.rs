@@ -8,6 +8,23 @@ use uuid::Uuid;
 use super::{Db, StorageError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Inspects a folder's images.
+    Batch,
+    /// Fits a PatchCore anomaly model.
+    Fit,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Batch => "batch",
+            JobKind::Fit => "fit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
     /// Created, not started.
     Pending,
@@ -41,6 +58,10 @@ impl JobStatus {
         }
     }
 
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(self, JobStatus::Completed | JobStatus::Cancelled | JobStatus::Failed)
     }
@@ -61,6 +82,7 @@ pub struct JobProgress {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     pub id: Uuid,
+    pub kind: JobKind,
     pub name: String,
     pub input_dir: String,
     pub file_pattern: String,
@@ -72,10 +94,17 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What a fit was asked to do (JSON, the jobs service's).
+    pub params: Option<String>,
+    /// What a finished fit measured (JSON, the jobs service's).
+    pub result: Option<String>,
+    /// Where a running fit is.
+    pub stage: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, input_dir, file_pattern, station_id, status, total, processed, passed, failed, \
-                       uncertain, errors, last_error, created_by, created_at_ms, started_at_ms, finished_at_ms";
+                       uncertain, errors, last_error, created_by, created_at_ms, started_at_ms, finished_at_ms, kind, \
+                       params, result, stage";
 
 fn read_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: String = row.get(0)?;
@@ -103,14 +132,19 @@ fn read_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         created_at: at(row.get(14)?).unwrap_or_default(),
         started_at: at(row.get(15)?),
         finished_at: at(row.get(16)?),
+        kind: if row.get::<_, String>(17)? == "fit" { JobKind::Fit } else { JobKind::Batch },
+        params: row.get(18)?,
+        result: row.get(19)?,
+        stage: row.get(20)?,
     })
 }
 
 impl Db {
     pub fn insert_job(&mut self, job: &JobRecord) -> Result<(), StorageError> {
         self.conn.execute(
-            "INSERT INTO batch_jobs (id, name, input_dir, file_pattern, station_id, status, created_by, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO batch_jobs (id, name, input_dir, file_pattern, station_id, status, created_by, created_at_ms,
+                 kind, params)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 job.id.to_string(),
                 job.name,
@@ -120,17 +154,27 @@ impl Db {
                 job.status.as_str(),
                 job.created_by,
                 job.created_at.timestamp_millis(),
+                job.kind.as_str(),
+                job.params,
             ],
         )?;
         Ok(())
     }
 
     /// Newest first.
-    pub fn jobs(&self, limit: u32) -> Result<Vec<JobRecord>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM batch_jobs ORDER BY created_at_ms DESC LIMIT {limit}"))?;
-        Ok(stmt.query_map([], read_job)?.collect::<Result<_, _>>()?)
+    /// The newest `limit` jobs, of `kind` and in `status` when given.
+    pub fn jobs(
+        &self,
+        limit: u32,
+        kind: Option<JobKind>,
+        status: Option<JobStatus>,
+    ) -> Result<Vec<JobRecord>, StorageError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM batch_jobs WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR status = ?2)
+             ORDER BY created_at_ms DESC LIMIT {limit}"
+        ))?;
+        let rows = stmt.query_map(params![kind.map(JobKind::as_str), status.map(JobStatus::as_str)], read_job)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StorageError> {
@@ -184,6 +228,21 @@ impl Db {
                 last_error,
             ],
         )?;
+        Ok(())
+    }
+
+    /// A fit's stage and images done of all.
+    pub fn set_job_stage(&mut self, id: Uuid, stage: &str, processed: u64, total: u64) -> Result<(), StorageError> {
+        self.conn.execute(
+            "UPDATE batch_jobs SET stage = ?2, processed = ?3, total = ?4 WHERE id = ?1",
+            params![id.to_string(), stage, processed as i64, total as i64],
+        )?;
+        Ok(())
+    }
+
+    /// What a finished fit measured.
+    pub fn set_job_result(&mut self, id: Uuid, result: &str) -> Result<(), StorageError> {
+        self.conn.execute("UPDATE batch_jobs SET result = ?2 WHERE id = ?1", params![id.to_string(), result])?;
         Ok(())
     }
 

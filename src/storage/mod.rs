@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::core::StationHistory;
-use crate::core::decision::{Decision, Detection};
+use crate::core::decision::{AnomalyMap, Decision, Detection};
 use crate::core::expected::{self, Expectation, ExpectedCheck, ExpectedItem};
 use crate::supervisor::{Phase, ServiceContext, ServiceError, Supervisor};
 
@@ -41,7 +41,7 @@ pub use assembly::{
     Assembly, AssemblyError, AssemblyFields, NewOperator, Operator, OperatorUpdate, Step, StepAction, StepFields,
     UnitEvent, UnitFilter, UnitRecord, data_type,
 };
-pub use jobs::{JobProgress, JobRecord, JobStatus};
+pub use jobs::{JobKind, JobProgress, JobRecord, JobStatus};
 pub use learning::{Annotation, Enqueued, LearningCounts, ReviewItem};
 pub(crate) use models::stage_model;
 pub use models::{ConfigRegistration, ModelActivation, ModelDeleteError, ModelRecord, ModelSource};
@@ -105,6 +105,8 @@ pub struct NewInspection {
     pub expected: Option<Expectation>,
     /// The station's image scale, for areas.
     pub mm_per_pixel: Option<f64>,
+    /// An anomaly model's patch scores over the fail threshold (1.0 is the fail level).
+    pub anomaly_map: Option<AnomalyMap>,
     pub model_name: String,
     pub model_version: String,
     pub inference_ms: f64,
@@ -142,6 +144,7 @@ pub struct InspectionRecord {
     pub parts: Vec<Detection>,
     pub expected: Option<Expectation>,
     pub mm_per_pixel: Option<f64>,
+    pub anomaly_map: Option<AnomalyMap>,
     pub model_name: String,
     pub model_version: String,
     pub inference_ms: f64,
@@ -313,9 +316,10 @@ impl Db {
         tx.execute(
             "INSERT INTO inspections (id, station_id, part_id, source, decision, confidence, label, scores,
                 objects_found, model_name, model_version, inference_ms, total_ms, image_path, image_bytes,
-                image_type, image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel)
+                image_type, image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel,
+                anomaly_map, anomaly_map_width)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                ?22)",
+                ?22, ?23, ?24)",
             params![
                 new.id.to_string(),
                 new.station_id,
@@ -339,6 +343,8 @@ impl Db {
                 new.expected.as_ref().and_then(|e| e.recipe.clone()),
                 new.expected.as_ref().map(|e| encode_expected(&e.items)),
                 new.mm_per_pixel,
+                new.anomaly_map.as_ref().map(|m| m.values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()),
+                new.anomaly_map.as_ref().map(|m| m.width),
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -374,6 +380,7 @@ impl Db {
             parts: new.parts,
             expected: new.expected,
             mm_per_pixel: new.mm_per_pixel,
+            anomaly_map: new.anomaly_map,
             model_name: new.model_name,
             model_version: new.model_version,
             inference_ms: new.inference_ms,
@@ -384,6 +391,23 @@ impl Db {
             inspected_at: DateTime::from_timestamp_millis(new.inspected_at.timestamp_millis())
                 .unwrap_or(new.inspected_at),
         })
+    }
+
+    /// The stored images of station `station_id`'s newest records with `decision`, newest
+    /// first (a PatchCore fit takes its normal images from the passed ones).
+    pub fn recent_images(
+        &self,
+        station_id: &str,
+        decision: Decision,
+        limit: u32,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT image_path FROM inspections
+             WHERE station_id = ?1 AND decision = ?2 AND image_path IS NOT NULL
+             ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![station_id, decision.as_str(), limit], |row| row.get::<_, String>(0))?;
+        rows.map(|relative| Ok(images::full_path(&self.images_root, &relative?))).collect()
     }
 
     pub fn get(&self, id: Uuid) -> Result<Option<InspectionRecord>, StorageError> {
@@ -708,7 +732,7 @@ fn insert_outbox(
 
 const RECORD_COLUMNS: &str = "seq, id, station_id, part_id, source, decision, confidence, label, scores,
     model_name, model_version, inference_ms, total_ms, image_path, image_bytes, image_type,
-    image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel";
+    image_width, image_height, inspected_at_ms, recipe, expected_items, mm_per_pixel, anomaly_map, anomaly_map_width";
 
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
     let bad = |index: usize, what: &str| {
@@ -748,6 +772,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
         parts: Vec::new(),
         expected,
         mm_per_pixel: row.get(21)?,
+        anomaly_map: decode_map(row.get(22)?, row.get(23)?),
         model_name: row.get(9)?,
         model_version: row.get(10)?,
         inference_ms: row.get(11)?,
@@ -757,6 +782,17 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<InspectionRecord> {
         image_height: row.get(17)?,
         inspected_at: DateTime::from_timestamp_millis(at).ok_or_else(|| bad(18, "timestamp out of range"))?,
     })
+}
+
+/// An anomaly map as stored: little-endian f32 cells, row-major, `width` to a row. A blob
+/// that does not fill whole rows reads as no map.
+fn decode_map(blob: Option<Vec<u8>>, width: Option<u32>) -> Option<AnomalyMap> {
+    let (blob, width) = (blob?, width.filter(|w| *w > 0)?);
+    let values: Vec<f32> = blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if !blob.len().is_multiple_of(4) || values.is_empty() || !values.len().is_multiple_of(width as usize) {
+        return None;
+    }
+    Some(AnomalyMap { width, height: (values.len() / width as usize) as u32, values })
 }
 
 /// Expected items as stored: a JSON list of `{name, quantity, aliases}`.
@@ -920,6 +956,7 @@ pub(crate) mod tests {
             parts: Vec::new(),
             expected: None,
             mm_per_pixel: None,
+            anomaly_map: None,
             model_name: "m".into(),
             model_version: "1".into(),
             inference_ms: 2.0,
@@ -1011,6 +1048,7 @@ pub(crate) mod tests {
         ];
         kit.expected = Some(Expectation { recipe: Some("kit-a".into()), items: items.clone() });
         kit.mm_per_pixel = Some(0.5);
+        kit.anomaly_map = Some(AnomalyMap { width: 2, height: 3, values: vec![0.5, 1.0, 1.5, 2.0, 2.5, f32::MAX] });
         let stored = db.insert_inspection(kit).unwrap();
         let read = db.get(stored.id).unwrap().unwrap();
         assert_eq!(read, stored);

@@ -381,6 +381,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE inspections ADD COLUMN expected_items TEXT;
     ALTER TABLE inspections ADD COLUMN mm_per_pixel REAL;
     ALTER TABLE step_actions ADD COLUMN expected_items TEXT;",
+    // 13: PatchCore fits run as jobs of a second kind, with their parameters and result
+    // (JSON) and their stage; an inspection keeps its anomaly map (the model's patch
+    // scores over the fail threshold, little-endian f32, row-major, with the map's width).
+    "ALTER TABLE batch_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'batch' CHECK (kind IN ('batch', 'fit'));
+    ALTER TABLE batch_jobs ADD COLUMN params TEXT;
+    ALTER TABLE batch_jobs ADD COLUMN result TEXT;
+    ALTER TABLE batch_jobs ADD COLUMN stage TEXT;
+    ALTER TABLE inspections ADD COLUMN anomaly_map BLOB;
+    ALTER TABLE inspections ADD COLUMN anomaly_map_width INTEGER;",
 ];
 
 /// The schema version this build writes.

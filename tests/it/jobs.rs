@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Daemon, sample};
 
-async fn finished(daemon: &Daemon, id: &str) -> Value {
+pub(crate) async fn finished(daemon: &Daemon, id: &str) -> Value {
     let path = format!("/api/v1/jobs/{id}");
     let wait = async {
         loop {

@@ -2,6 +2,7 @@
 //! in-process with sim backends on 127.0.0.1:0 and talks to it over real sockets.
 
 mod alerts;
+mod anomaly;
 mod api;
 mod auth;
 mod cameras;

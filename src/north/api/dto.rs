@@ -227,6 +227,9 @@ pub struct InspectionDto {
     /// The expected-items check, when the inspection had a recipe or a list.
     pub expected_items: Option<ExpectedItemsDto>,
     pub image_url: Option<String>,
+    /// An anomaly model's heatmap over the image (PNG), when the model gives a map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heatmap_url: Option<String>,
     pub source: String,
     pub model: ModelRef,
     pub timestamp: String,
@@ -249,6 +252,7 @@ impl From<&InspectionRecord> for InspectionDto {
             detections: DetectionDto::all(r),
             expected_items: ExpectedItemsDto::of(r),
             image_url: r.image.as_ref().map(|_| format!("/api/v1/inspections/{}/image", r.id)),
+            heatmap_url: r.anomaly_map.as_ref().map(|_| format!("/api/v1/inspections/{}/heatmap", r.id)),
             source: r.source.clone(),
             model: ModelRef { name: r.model_name.clone(), version: r.model_version.clone() },
             timestamp: rfc3339(r.inspected_at),

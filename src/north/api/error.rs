@@ -38,7 +38,7 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, detail)
     }
 
-    fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+    pub(super) fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(cause = %cause, "request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the station log")
     }

@@ -26,6 +26,7 @@ use super::error::{ErrorBody, Guarded, Invalid, NotFound, Unavailable};
 use crate::core::decision::Decision;
 use crate::core::expected::{self, Expectation, ExpectedItem};
 use crate::cycle::{CycleImage, ImageFormat, InspectRequest};
+use crate::inference::decode_image;
 use crate::storage::{ListFilter, TrendInterval};
 use crate::supervisor::ServiceState;
 
@@ -281,7 +282,7 @@ fn upload_format(declared: Option<&str>, bytes: &[u8]) -> Result<ImageFormat, Ap
     }
 }
 
-fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
+pub(crate) fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::new(err.status(), format!("bad multipart body: {}", err.body_text()))
 }
 
@@ -405,6 +406,41 @@ pub async fn inspection_image(
     let content_type =
         HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+/// An anomaly inspection's heatmap: its patch scores in colour over the stored image
+/// (blue normal, red at and beyond the fail threshold), as PNG.
+#[utoipa::path(
+    get,
+    path = "/api/v1/inspections/{id}/heatmap",
+    tag = "inspections",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the heatmap over the image", content_type = "image/png", body = Vec<u8>), Guarded, NotFound),
+    security(("bearer" = []))
+)]
+pub async fn inspection_heatmap(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = id_from(path)?;
+    let found = state
+        .inspector
+        .storage
+        .call(move |db| Ok(db.get(id)?.map(|r| (r.anomaly_map, r.image.map(|image| db.image_path(&image))))))
+        .await?;
+    let (map, image) = found.ok_or_else(|| ApiError::not_found(format!("no inspection {id}")))?;
+    let map = map.ok_or_else(|| ApiError::not_found(format!("inspection {id} has no anomaly map")))?;
+    let png = tokio::task::spawn_blocking(move || {
+        // A missing or unreadable image still gives the map, on grey.
+        let image = image.and_then(|path| std::fs::read(path).ok()).and_then(|b| decode_image(&b).ok());
+        let rendered = crate::patchcore::render_heatmap(image, &map);
+        let mut png = Vec::new();
+        rendered.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map(|()| png)
+    })
+    .await
+    .map_err(|err| ApiError::internal(&err))?
+    .map_err(|err| ApiError::internal(&err))?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
