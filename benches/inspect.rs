@@ -44,6 +44,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
+    // `cargo bench --bench inspect -- patchcore`: only the PatchCore fit.
+    if std::env::args().any(|arg| arg == "patchcore") {
+        patchcore_fit();
+        return;
+    }
     let sample = std::fs::read("examples/parts/01_scratch.jpg").expect("run from the crate root");
 
     // Pure inference: decode excluded, preprocessing included, as the daemon measures it.
@@ -202,6 +207,46 @@ fn main() {
     report("GPIO edge -> result outputs set (in-process)", gpio_total);
     report("  minus inference", gpio_overhead);
     report("coaching: MID 0061 -> unit event committed", coaching_tightening_to_unit_event());
+    patchcore_fit();
+}
+
+/// A PatchCore fit on the bundled flanges as the fit job runs it (one thread): 40 good
+/// images in, 20 good and 60 defective held out; then the fitted model's latency.
+fn patchcore_fit() {
+    use stationd::patchcore::{Backbone, FitRequest, fit};
+    let images = |prefix: &str, range: std::ops::RangeInclusive<u32>| -> Vec<std::path::PathBuf> {
+        range.map(|i| format!("models/parts-classifier/heldout/{prefix}_{i:03}.jpg").into()).collect()
+    };
+    let request = FitRequest {
+        name: "bench".into(),
+        version: "1".into(),
+        normal: images("ok", 1..=40),
+        heldout_normal: images("ok", 41..=60),
+        heldout_anomalous: [images("dent", 1..=30), images("scratch", 1..=30)].concat(),
+        coreset_ratio: 0.1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fitted");
+    let started = Instant::now();
+    let backbone = Backbone::load(std::path::Path::new("models/patchcore-backbone")).unwrap();
+    let fitted = fit(&backbone, &request, &out, &mut |_, _, _| true).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "PatchCore fit: {seconds:.2} s for {} images ({} bank + {} calibration + {} held out); \
+         {} of {} patches kept; AUROC {:.3}; held-out good passed {:.2}, defects failed {:.2}",
+        request.normal.len() + request.heldout_normal.len() + request.heldout_anomalous.len(),
+        fitted.bank_images,
+        fitted.calibration_images,
+        fitted.heldout_normal + fitted.heldout_anomalous,
+        fitted.bank_patches,
+        fitted.candidate_patches,
+        fitted.image_auroc.unwrap_or(f64::NAN),
+        fitted.normal_passed.unwrap_or(f64::NAN),
+        fitted.anomalous_failed.unwrap_or(f64::NAN),
+    );
+    let model = stationd::inference::Model::load(&out).unwrap();
+    model.time_runs(WARMUP).unwrap();
+    report("tract 1 thread, fitted PatchCore model", model.time_runs(ITERATIONS).unwrap());
 }
 
 /// Assembly coaching, in process: from the controller writing a tightening to the unit
@@ -478,7 +523,8 @@ fn tract_per_model() -> Vec<(String, Vec<f64>)> {
     let mut folders: Vec<_> = std::fs::read_dir("models").unwrap().map(|e| e.unwrap().path()).collect();
     folders.sort();
     let mut figures = Vec::new();
-    for folder in folders.into_iter().filter(|f| f.join("model.onnx").exists()) {
+    // Model folders only: the PatchCore backbone has no model.toml.
+    for folder in folders.into_iter().filter(|f| f.join("model.toml").exists()) {
         let model = stationd::inference::Model::load(&folder).unwrap();
         model.time_runs(WARMUP).unwrap();
         let samples = model.time_runs(ITERATIONS).unwrap();
