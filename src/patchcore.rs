@@ -112,16 +112,7 @@ struct RawBackbone {
     version: String,
     #[allow(dead_code, reason = "documentation for people")]
     description: Option<String>,
-    input: RawInput,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInput {
-    width: u32,
-    height: u32,
-    mean: [f32; 3],
-    std: [f32; 3],
+    input: inference::spec::RawInput,
 }
 
 /// A loaded backbone: its graph as tract runs it and as ONNX (to extend).
@@ -149,10 +140,8 @@ impl Backbone {
         let text = std::fs::read_to_string(dir.join("backbone.toml"))
             .map_err(|err| error(format!("cannot read backbone.toml: {err}")))?;
         let raw: RawBackbone = toml::from_str(&text).map_err(|err| error(format!("backbone.toml: {err}")))?;
+        raw.input.check().map_err(|message| error(format!("backbone.toml: {message}")))?;
         let size = (raw.input.width, raw.input.height);
-        if !(8..=1024).contains(&size.0) || !(8..=1024).contains(&size.1) {
-            return Err(error("backbone.toml: input width and height must be 8 to 1024".into()));
-        }
         let path = dir.join("model.onnx");
         let bytes = std::fs::read(&path).map_err(|err| error(format!("cannot read model.onnx: {err}")))?;
         let proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|err| error(format!("model.onnx: {err}")))?;

@@ -80,13 +80,27 @@ struct RawSpec {
     metrics: Option<toml::Table>,
 }
 
+/// `[input]` of model.toml, and of a PatchCore backbone's backbone.toml.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawInput {
-    width: u32,
-    height: u32,
-    mean: [f32; 3],
-    std: [f32; 3],
+pub(crate) struct RawInput {
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) mean: [f32; 3],
+    pub(crate) std: [f32; 3],
+}
+
+impl RawInput {
+    /// A size the loader can plan for and a normalisation that divides.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if !(8..=4096).contains(&self.width) || !(8..=4096).contains(&self.height) {
+            return Err("`input`: width and height must be within 8..=4096".into());
+        }
+        if self.std.iter().any(|s| !s.is_normal() || *s <= 0.0) {
+            return Err("`input.std`: every value must be > 0".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -139,12 +153,7 @@ impl ModelSpec {
             }
         };
         let input = &raw.input;
-        if !(8..=4096).contains(&input.width) || !(8..=4096).contains(&input.height) {
-            return Err(SpecError("`input`: width and height must be within 8..=4096".into()));
-        }
-        if input.std.iter().any(|s| !s.is_normal() || *s <= 0.0) {
-            return Err(SpecError("`input.std`: every value must be > 0".into()));
-        }
+        input.check().map_err(SpecError)?;
         if task == Task::Classification {
             if raw.output.labels.len() < 2 {
                 return Err(SpecError("`output.labels`: a classifier needs at least two labels".into()));
