@@ -127,11 +127,18 @@ async fn a_fit_on_normal_images_serves_scores_and_heatmaps() {
     assert_eq!(dent["decision"], "fail", "{dent}");
     let score = |record: &Value| record["scores"]["anomaly_score"].as_f64().unwrap();
     assert!(score(&dent) > score(&good), "{dent} {good}");
-    let heatmap = dent["heatmap_url"].as_str().unwrap();
-    let (status, headers, png) = daemon.request(Method::GET, heatmap, None, Vec::new()).await;
-    assert_eq!((status, headers["content-type"].to_str().unwrap()), (StatusCode::OK, "image/png"));
-    let png = image::load_from_memory(&png).unwrap();
-    assert_eq!((png.width(), png.height()), (128, 128));
+    // Red marks patches at the fail level: the dent has them, the good part none.
+    let mut red = Vec::new();
+    for record in [&dent, &good] {
+        let heatmap = record["heatmap_url"].as_str().unwrap();
+        let (status, headers, png) = daemon.request(Method::GET, heatmap, None, Vec::new()).await;
+        assert_eq!((status, headers["content-type"].to_str().unwrap()), (StatusCode::OK, "image/png"));
+        let png = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (128, 128));
+        let reddish = |p: &&image::Rgb<u8>| i32::from(p[0]) > i32::from(p[1]).max(i32::from(p[2])) + 100;
+        red.push(png.pixels().filter(reddish).count());
+    }
+    assert!(red[0] > 0 && red[1] == 0, "red pixels (dent, good part): {red:?}; good part {good}");
     assert!(daemon.shutdown().await);
 }
 
