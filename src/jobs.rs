@@ -557,7 +557,12 @@ async fn run_fit(
     let fitting = tokio::task::spawn_blocking(move || {
         let backbone = crate::patchcore::Backbone::load(&backbone_dir)?;
         crate::patchcore::fit(&backbone, &request, &out, &mut |stage, done, all| {
-            progress_tx.send_replace((stage, done, all));
+            // The coreset asks again with the same figures: store a change only.
+            progress_tx.send_if_modified(|last| {
+                let changed = *last != (stage, done, all);
+                *last = (stage, done, all);
+                changed
+            });
             !cancel.is_cancelled()
         })
     });

@@ -33,8 +33,9 @@ use crate::inference::{self, Model, ModelError, ModelSpec};
 pub const MIN_NORMAL_IMAGES: usize = 10;
 /// Most rows of a memory bank: scoring costs patches × rows × features per inspection.
 pub const MAX_BANK_ROWS: usize = 10_000;
-/// Images one fit may read, over all its sets.
-pub const MAX_IMAGES: usize = 5_000;
+/// Images one fit may read, over all its sets. At the most, the candidates take about
+/// 100 MB (1 600 bank images × 256 patches × 64 features) and the coreset some minutes.
+pub const MAX_IMAGES: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
@@ -388,8 +389,11 @@ fn fit_into(
     // 2. The coreset.
     let rows = candidates.len() / dim;
     let count = ((rows as f64 * request.coreset_ratio).ceil() as usize).clamp(1, MAX_BANK_ROWS);
-    progress(Stage::Coreset, done, all).then_some(()).ok_or(FitError::Cancelled)?;
-    let picks = patchcore::greedy_coreset(&candidates, dim, count);
+    let mut keep_going = || progress(Stage::Coreset, done, all);
+    let picks = keep_going()
+        .then(|| patchcore::greedy_coreset(&candidates, dim, count, &mut keep_going))
+        .flatten()
+        .ok_or(FitError::Cancelled)?;
     let bank: Vec<f32> = picks.iter().flat_map(|&i| candidates[i * dim..(i + 1) * dim].iter().copied()).collect();
     drop(candidates);
 

@@ -9,19 +9,28 @@
 
 /// Picks `count` rows of `features` (row-major, `dim` values per row) by greedy k-center
 /// selection, starting from row 0. Returns their indices in pick order. Takes
-/// `count × rows × dim` multiply-adds.
-pub fn greedy_coreset(features: &[f32], dim: usize, count: usize) -> Vec<usize> {
+/// `count × rows × dim` multiply-adds, which on a large fit is minutes: `keep_going` is
+/// asked every [`PICKS_PER_CHECK`] picks, and `None` means it said stop.
+pub fn greedy_coreset(
+    features: &[f32],
+    dim: usize,
+    count: usize,
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Option<Vec<usize>> {
     let rows = features.len().checked_div(dim).unwrap_or(0);
     let count = count.min(rows);
     if count == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
     let row = |i: usize| &features[i * dim..(i + 1) * dim];
     // Squared distance of each row to its nearest pick so far.
     let mut nearest = vec![f32::INFINITY; rows];
     let mut picks = Vec::with_capacity(count);
     let mut next = 0;
-    for _ in 0..count {
+    for n in 0..count {
+        if n % PICKS_PER_CHECK == PICKS_PER_CHECK - 1 && !keep_going() {
+            return None;
+        }
         picks.push(next);
         let picked = row(next);
         let mut farthest = (0, f32::NEG_INFINITY);
@@ -36,8 +45,11 @@ pub fn greedy_coreset(features: &[f32], dim: usize, count: usize) -> Vec<usize> 
         }
         next = farthest.0;
     }
-    picks
+    Some(picks)
 }
+
+/// How many coreset picks go between two `keep_going` calls.
+pub const PICKS_PER_CHECK: usize = 64;
 
 /// The anomaly rule's thresholds from the scores of normal images that are not in the bank
 /// (the calibration split of the fit set): `pass` is the mean plus three standard
@@ -90,11 +102,28 @@ mod tests {
             points.extend([0.0 + i as f32 * 0.001, 0.0]);
         }
         points.extend([10.0, 10.0, 10.01, 10.0, -10.0, 5.0]);
-        let picks = greedy_coreset(&points, 2, 3);
+        let picks = greedy_coreset(&points, 2, 3, &mut || true).unwrap();
         let clusters: Vec<i32> = picks.iter().map(|&i| points[i * 2].round() as i32).collect();
         assert_eq!(clusters, [0, 10, -10], "{picks:?}");
-        assert_eq!(greedy_coreset(&points, 2, 1000).len(), 53);
-        assert!(greedy_coreset(&[], 2, 3).is_empty());
+        assert_eq!(greedy_coreset(&points, 2, 1000, &mut || true).map(|p| p.len()), Some(53));
+        assert_eq!(greedy_coreset(&[], 2, 3, &mut || true), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_long_coreset_asks_whether_to_go_on() {
+        let points: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let mut asked = 0;
+        let picks = greedy_coreset(&points, 1, 200, &mut || {
+            asked += 1;
+            true
+        });
+        assert_eq!((picks.map(|p| p.len()), asked), (Some(200), 200 / PICKS_PER_CHECK));
+        let mut asked = 0;
+        let stopped = greedy_coreset(&points, 1, 200, &mut || {
+            asked += 1;
+            asked < 2
+        });
+        assert_eq!((stopped, asked), (None, 2));
     }
 
     #[test]
