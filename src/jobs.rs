@@ -120,38 +120,20 @@ impl Jobs {
         if !name_ok(&params.model_name) || !name_ok(&params.model_version) {
             return Err(JobError::Invalid("name and version must be 1 to 100 characters".into()));
         }
-        if !(params.coreset_ratio > 0.0 && params.coreset_ratio <= 1.0) {
-            return Err(JobError::Invalid("coreset_ratio must be above 0 and at most 1".into()));
-        }
-        let normal = match &params.source {
+        let (normal, all, station_id) = match &params.source {
             FitSource::Upload { normal, heldout_normal, heldout_anomalous } => {
-                if normal + heldout_normal + heldout_anomalous > crate::patchcore::MAX_IMAGES {
-                    return Err(JobError::Invalid(format!(
-                        "a fit reads at most {} images",
-                        crate::patchcore::MAX_IMAGES
-                    )));
-                }
-                *normal
+                (*normal, normal + heldout_normal + heldout_anomalous, String::new())
             }
             FitSource::Station { station_id, last_passed, last_failed } => {
                 if !self.inspector.has_station(station_id) {
                     return Err(JobError::Invalid(format!("no station {station_id:?}")));
                 }
-                if *last_passed as usize + *last_failed as usize > crate::patchcore::MAX_IMAGES {
-                    return Err(JobError::Invalid(format!(
-                        "a fit reads at most {} images",
-                        crate::patchcore::MAX_IMAGES
-                    )));
-                }
-                *last_passed as usize
+                let passed = *last_passed as usize;
+                (passed, passed + *last_failed as usize, station_id.clone())
             }
         };
-        if normal < crate::patchcore::MIN_NORMAL_IMAGES {
-            return Err(JobError::Invalid(format!(
-                "a fit needs at least {} normal images",
-                crate::patchcore::MIN_NORMAL_IMAGES
-            )));
-        }
+        crate::patchcore::check_request(normal, all, params.coreset_ratio)
+            .map_err(|err| JobError::Invalid(err.to_string()))?;
         let registered = self.fits.registry.has_version(&params.model_name, &params.model_version).await;
         if registered.map_err(|err| JobError::Invalid(err.to_string()))? {
             return Err(JobError::Conflict(format!(
@@ -159,10 +141,6 @@ impl Jobs {
                 params.model_name, params.model_version
             )));
         }
-        let station_id = match &params.source {
-            FitSource::Station { station_id, .. } => station_id.clone(),
-            FitSource::Upload { .. } => String::new(),
-        };
         let job = JobRecord {
             id,
             kind: JobKind::Fit,

@@ -346,25 +346,30 @@ pub fn fit(
     fitted
 }
 
+/// What a fit accepts: `normal` normal images of `all` images in all, and the coreset
+/// ratio. The jobs service checks it when a fit is asked for, so that the caller hears
+/// at once; [`fit`] checks it again on the images it was really given.
+pub fn check_request(normal: usize, all: usize, coreset_ratio: f64) -> Result<(), FitError> {
+    if normal < MIN_NORMAL_IMAGES {
+        return Err(FitError::Invalid(format!("a fit needs at least {MIN_NORMAL_IMAGES} normal images, not {normal}")));
+    }
+    if all > MAX_IMAGES {
+        return Err(FitError::Invalid(format!("a fit reads at most {MAX_IMAGES} images, not {all}")));
+    }
+    if !(coreset_ratio > 0.0 && coreset_ratio <= 1.0) {
+        return Err(FitError::Invalid("coreset_ratio must be above 0 and at most 1".into()));
+    }
+    Ok(())
+}
+
 fn fit_into(
     backbone: &Backbone,
     request: &FitRequest,
     staging: &Path,
     progress: &mut Progress<'_>,
 ) -> Result<FitReport, FitError> {
-    if request.normal.len() < MIN_NORMAL_IMAGES {
-        return Err(FitError::Invalid(format!(
-            "a fit needs at least {MIN_NORMAL_IMAGES} normal images, not {}",
-            request.normal.len()
-        )));
-    }
     let all = request.normal.len() + request.heldout_normal.len() + request.heldout_anomalous.len();
-    if all > MAX_IMAGES {
-        return Err(FitError::Invalid(format!("a fit reads at most {MAX_IMAGES} images, not {all}")));
-    }
-    if !(request.coreset_ratio > 0.0 && request.coreset_ratio <= 1.0) {
-        return Err(FitError::Invalid("coreset_ratio must be above 0 and at most 1".into()));
-    }
+    check_request(request.normal.len(), all, request.coreset_ratio)?;
     let mut done = 0;
     let step = |stage: Stage, done: &mut usize, progress: &mut Progress<'_>| {
         *done += 1;
