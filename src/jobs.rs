@@ -134,8 +134,7 @@ impl Jobs {
         };
         crate::patchcore::check_request(normal, all, params.coreset_ratio)
             .map_err(|err| JobError::Invalid(err.to_string()))?;
-        let registered = self.fits.registry.has_version(&params.model_name, &params.model_version).await;
-        if registered.map_err(|err| JobError::Invalid(err.to_string()))? {
+        if self.fits.registry.has_version(&params.model_name, &params.model_version).await? {
             return Err(JobError::Conflict(format!(
                 "model {} version {} is already registered",
                 params.model_name, params.model_version

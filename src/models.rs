@@ -204,8 +204,8 @@ impl Registry {
     }
 
     /// Whether a model with `name` and `version` is registered.
-    pub async fn has_version(&self, name: &str, version: &str) -> Result<bool, RegistryError> {
-        let (models, _) = self.list().await?;
+    pub async fn has_version(&self, name: &str, version: &str) -> Result<bool, StorageError> {
+        let models = self.storage.call(|db| db.models()).await?;
         Ok(models.iter().any(|m| m.name == name && m.version == version))
     }
 
