@@ -287,20 +287,14 @@ pub async fn fit(
     })?;
     let id = Uuid::new_v4();
     let folder = state.jobs.fit_folder(id);
-    let received = receive_fit(&state, &mut multipart, &folder).await;
-    let job = match received {
-        Ok(form) => {
-            let params = form.params();
-            match params {
-                Ok(params) => state.jobs.create_fit(id, params, caller.username.clone()).await.map_err(ApiError::from),
-                Err(err) => Err(err),
-            }
-        }
-        Err(err) => Err(err),
+    let created = async {
+        let params = receive_fit(&state, &mut multipart, &folder).await?.params()?;
+        Ok::<_, ApiError>(state.jobs.create_fit(id, params, caller.username.clone()).await?)
     };
-    let job = match job {
+    let job = match created.await {
         Ok(job) => job,
         Err(err) => {
+            // Refused: the images it brought go.
             let _ = tokio::fs::remove_dir_all(&folder).await;
             return Err(err);
         }
