@@ -118,7 +118,7 @@ fn read_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         file_pattern: row.get(3)?,
         station_id: row.get(4)?,
         // The column's CHECK allows only these names.
-        status: JobStatus::ALL.into_iter().find(|s| s.as_str() == status).unwrap_or(JobStatus::Failed),
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
         progress: JobProgress {
             total: row.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
             processed: count(7)?,

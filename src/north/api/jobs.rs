@@ -75,16 +75,21 @@ pub struct JobDto {
     metrics: Option<serde_json::Value>,
 }
 
+/// A job's `type` as the API names it: a fit is the anomaly seed's "training".
+fn type_name(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Batch => "batch",
+        JobKind::Fit => "training",
+    }
+}
+
 impl From<&JobRecord> for JobDto {
     fn from(job: &JobRecord) -> JobDto {
         let p = &job.progress;
         let json = |text: &Option<String>| text.as_deref().and_then(|t| serde_json::from_str(t).ok());
         JobDto {
             id: job.id.to_string(),
-            kind: match job.kind {
-                JobKind::Batch => "batch",
-                JobKind::Fit => "training",
-            },
+            kind: type_name(job.kind),
             name: job.name.clone(),
             input_dir: job.input_dir.clone(),
             file_pattern: job.file_pattern.clone(),
@@ -145,9 +150,12 @@ pub async fn list(
     let Query(query) = query.map_err(super::routes::query_error)?;
     let kind = match query.kind.as_deref() {
         None => None,
-        Some("batch") => Some(JobKind::Batch),
-        Some("training") => Some(JobKind::Fit),
-        Some(other) => return Err(ApiError::unprocessable(format!("type {other:?}: expected batch or training"))),
+        Some(text) => Some(
+            [JobKind::Batch, JobKind::Fit]
+                .into_iter()
+                .find(|kind| type_name(*kind) == text)
+                .ok_or_else(|| ApiError::unprocessable(format!("type {text:?}: expected batch or training")))?,
+        ),
     };
     let status = match query.status.as_deref() {
         None => None,
